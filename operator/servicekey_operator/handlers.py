@@ -1,0 +1,214 @@
+"""kopf wiring only: parse the object, call the reconciler, write status, post events, map errors.
+
+Every path that works on a ServiceKey (create/update/resume handlers, the per-key scheduling daemon,
+ConfigMap drift events) funnels into ``run_pass``, serialised per key by a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from servicekey_operator import metrics, publish
+from servicekey_operator.config import OperatorConfig
+from servicekey_operator.errors import ServiceKeyError
+from servicekey_operator.keygen import KeyGenerator
+from servicekey_operator.kubeapi import KubeGateway, api_client
+from servicekey_operator.reconcile import Event, Reconciler, next_rotation_time
+from servicekey_operator.spec import DesiredKey, desired_key
+from servicekey_operator.status import differs, failed_status, ready_status
+from servicekey_operator.vault.connection import VaultConnection
+from servicekey_operator.vault.kv import KvKeyStore
+
+GROUP, VERSION, PLURAL = publish.API_GROUP, publish.API_VERSION, "servicekeys"
+MAX_BACKOFF_SECONDS = 300.0
+CONFLICT_RECHECK_SECONDS = 60.0
+ObjectKey = tuple[str, str]
+
+
+def backoff_seconds(retry: int) -> float:
+    """Capped exponential backoff with jitter: 1s, 2s, 4s ... up to five minutes."""
+    return min(MAX_BACKOFF_SECONDS, 2.0 ** retry) * random.uniform(0.8, 1.2)
+
+
+@dataclass
+class OperatorState:
+    """What the handlers share: the reconciler, and per-key locks and wake-up times."""
+
+    config: OperatorConfig
+    reconciler: Reconciler
+    kube: KubeGateway
+    keygen: KeyGenerator
+    locks: dict[ObjectKey, asyncio.Lock] = field(default_factory=dict)
+    wakeups: dict[ObjectKey, asyncio.Event] = field(default_factory=dict)
+    next_pass_at: dict[ObjectKey, datetime.datetime] = field(default_factory=dict)
+
+    def wakeup(self, key: ObjectKey) -> asyncio.Event:
+        """The event that tells a key's daemon to recompute its sleep."""
+        return self.wakeups.setdefault(key, asyncio.Event())
+
+    def schedule(self, key: ObjectKey, at: datetime.datetime) -> None:
+        """Set when the key's daemon should run the next pass, and wake it to notice."""
+        self.next_pass_at[key] = at
+        self.wakeup(key).set()
+
+    def forget(self, key: ObjectKey) -> None:
+        """Drop all per-key state once the ServiceKey is gone."""
+        for table in (self.locks, self.wakeups, self.next_pass_at):
+            table.pop(key, None)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _post(body: Mapping[str, Any], events: list[Event]) -> None:
+    for event in events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+
+async def _write_status(state: OperatorState, body: Mapping[str, Any], wanted: dict[str, Any]) -> None:
+    observed = body.get("status") or {}
+    if differs(observed, wanted):
+        meta = body["metadata"]
+        await asyncio.to_thread(state.kube.patch_status, meta["namespace"], meta["name"], wanted)
+
+
+def _desired(state: OperatorState, body: Mapping[str, Any]) -> DesiredKey:
+    meta = body["metadata"]
+    return desired_key(meta["namespace"], meta["name"], meta["uid"], body.get("spec") or {},
+                       meta.get("annotations") or {}, state.config)
+
+
+async def run_pass(state: OperatorState, body: Mapping[str, Any], logger: logging.Logger,
+                   retry: int = 0, *, raise_for_retry: bool = True) -> None:
+    """One reconcile pass for one ServiceKey, with status, events and error mapping."""
+    meta = body["metadata"]
+    key: ObjectKey = (meta["namespace"], meta["name"])
+    generation = meta.get("generation")
+    observed = body.get("status") or {}
+    async with state.locks.setdefault(key, asyncio.Lock()):
+        now = _now()
+        try:
+            desired = _desired(state, body)
+            with metrics.reconcile_timer():
+                outcome = await state.reconciler.reconcile(desired, now, published_kid=observed.get("keyId"))
+        except ServiceKeyError as failure:
+            metrics.record_failure(key, failure.reason)
+            logger.warning(f"{failure.reason}: {failure}")
+            await _write_status(state, body, failed_status(failure.reason, str(failure), generation, observed, now))
+            if _ready_reason(observed) != failure.reason:  # one Warning per new problem, not per retry
+                _post(body, [Event("Warning", failure.reason, str(failure))])
+            if failure.retryable and raise_for_retry:
+                raise kopf.TemporaryError(str(failure), delay=backoff_seconds(retry)) from failure
+            delay = backoff_seconds(retry) if failure.retryable else CONFLICT_RECHECK_SECONDS
+            state.schedule(key, now + datetime.timedelta(seconds=delay))
+            return
+        due = next_rotation_time(desired, outcome.current)
+        resync = now + datetime.timedelta(seconds=state.config.resync_seconds * random.uniform(0.9, 1.1))
+        state.schedule(key, min(due, resync) if due else resync)
+        await _write_status(state, body, ready_status(desired, outcome.current, due, generation, observed, now))
+        metrics.record_ready(key, outcome, due)
+        _post(body, outcome.events)
+
+
+def _ready_reason(status: Mapping[str, Any]) -> str | None:
+    return next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger,
+                    **_: Any) -> None:
+    """Build the shared state once, and tune kopf for a key manager."""
+    config: OperatorConfig = memo.config
+    # Our own names for kopf's bookkeeping, in annotations: fewer status writes than kopf's default.
+    settings.persistence.finalizer = "servicekey.io/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="servicekey.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="servicekey.io", key="last-handled-configuration")
+    # A watch that silently dies would stop rotations; have the server close it regularly.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.posting.level = logging.INFO
+    keygen = KeyGenerator()
+    kube = KubeGateway(api_client())
+    reconciler = Reconciler(KvKeyStore(VaultConnection(config.vault)), kube, keygen, logger)
+    memo.state = OperatorState(config=config, reconciler=reconciler, kube=kube, keygen=keygen)
+    metrics.serve(config.metrics_port)
+    logger.info(f"servicekey-operator configured: Vault {config.vault.addr} ({config.vault.auth_method} auth), "
+                f"KV mount {config.kv_mount}, prefix {config.path_prefix}")
+
+
+@kopf.on.cleanup()
+async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    """Stop the keygen workers."""
+    memo.state.keygen.shutdown()
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+async def reconcile_servicekey(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, retry: int,
+                               **_: Any) -> None:
+    """Create, update, resume: one reconcile pass."""
+    await run_pass(memo.state, body, logger, retry)
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
+async def schedule_servicekey(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger,
+                              stopped: kopf.DaemonStopped, **_: Any) -> None:
+    """Sleep until the key's next due time (rotation, retry or resync), then run a pass."""
+    state: OperatorState = memo.state
+    key: ObjectKey = (body["metadata"]["namespace"], body["metadata"]["name"])
+    wakeup = state.wakeup(key)
+    while not stopped:
+        due = state.next_pass_at.get(key)
+        timeout = state.config.resync_seconds if due is None else max(0.0, (due - _now()).total_seconds())
+        wakeup.clear()
+        waiters = [asyncio.ensure_future(wakeup.wait()), asyncio.ensure_future(stopped.wait())]
+        done, pending = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in pending:
+            waiter.cancel()
+        if stopped or done:
+            continue  # woken: the schedule changed, so recompute the sleep
+        if body.get("metadata", {}).get("deletionTimestamp"):
+            continue
+        await run_pass(state, body, logger, raise_for_retry=False)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def finalize_servicekey(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, retry: int,
+                              **_: Any) -> None:
+    """Honour deletionPolicy in Vault; the ConfigMap goes with the owner reference."""
+    state: OperatorState = memo.state
+    key: ObjectKey = (body["metadata"]["namespace"], body["metadata"]["name"])
+    try:
+        desired = _desired(state, body)
+        events = await state.reconciler.finalize(desired)
+    except ServiceKeyError as failure:
+        if not failure.retryable:
+            logger.warning(f"deletion: {failure}")
+            return
+        raise kopf.TemporaryError(str(failure), delay=backoff_seconds(retry)) from failure
+    _post(body, events)
+    metrics.forget(key)
+    state.forget(key)
+
+
+@kopf.on.event("", "v1", "configmaps", labels={publish.MANAGED_BY_LABEL: publish.MANAGED_BY})
+async def repair_configmap(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """A published ConfigMap was edited or deleted behind our back: run its ServiceKey's pass now."""
+    state: OperatorState = memo.state
+    configmap = event["object"]
+    labels = configmap["metadata"].get("labels") or {}
+    namespace = labels.get(publish.SOURCE_NAMESPACE_LABEL, configmap["metadata"]["namespace"])
+    key: ObjectKey = (namespace, labels.get(publish.NAME_LABEL, ""))
+    if key in state.next_pass_at and event["type"] in ("DELETED", "MODIFIED"):
+        state.schedule(key, _now())

@@ -1,0 +1,30 @@
+"""Key generation off the event loop: RSA in worker processes, the fast curves in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import multiprocessing
+
+from servicekey_operator.keys import KeyPair, generate_keypair, is_rsa
+
+
+class KeyGenerator:
+    """Async keygen. RSA (up to a second for 4096 bits) runs in a process pool so it neither blocks
+    the event loop nor holds the GIL against the other keys' I/O; EC and Ed25519 take microseconds."""
+
+    def __init__(self, rsa_workers: int = 2) -> None:
+        # forkserver: forking the operator itself would copy its threads and sockets into workers.
+        context = multiprocessing.get_context("forkserver")
+        self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=rsa_workers, mp_context=context)
+
+    async def __call__(self, algorithm: str, key_size: int | None) -> KeyPair:
+        """Generate a key pair for ``algorithm`` (and ``key_size`` for RSA)."""
+        loop = asyncio.get_running_loop()
+        if is_rsa(algorithm):
+            return await loop.run_in_executor(self._pool, generate_keypair, algorithm, key_size)
+        return await asyncio.to_thread(generate_keypair, algorithm, key_size)
+
+    def shutdown(self) -> None:
+        """Stop the worker processes."""
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,112 @@
+"""The Kubernetes calls the reconciler makes, behind one small class; API errors become ours here."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import kubernetes.client
+import kubernetes.config
+import urllib3.exceptions
+from kubernetes.client.rest import ApiException
+
+from servicekey_operator.errors import KubernetesUnavailable, ServiceKeyError
+from servicekey_operator.publish import API_GROUP, API_VERSION
+
+
+class ConfigMapRaced(ServiceKeyError):
+    """The ConfigMap changed between our read and our write; the next pass re-reads it."""
+
+    reason = "Rotating"
+
+
+@contextlib.contextmanager
+def translated_errors(what: str) -> Iterator[None]:
+    """Turn transport failures and 5xx answers into KubernetesUnavailable, 409 into ConfigMapRaced."""
+    try:
+        yield
+    except ApiException as failed:
+        if failed.status == 409:
+            raise ConfigMapRaced(f"{what}: conflict, will retry") from failed
+        if failed.status is not None and (failed.status >= 500 or failed.status == 429):
+            raise KubernetesUnavailable(f"{what}: API server answered {failed.status}") from failed
+        raise
+    except (urllib3.exceptions.HTTPError, OSError) as unreachable:
+        raise KubernetesUnavailable(f"{what}: API server unreachable ({type(unreachable).__name__})") \
+            from unreachable
+
+
+def api_client() -> kubernetes.client.ApiClient:
+    """An API client from the in-cluster ServiceAccount, or from KUBECONFIG outside a cluster."""
+    configuration = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=configuration)
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(client_configuration=configuration)
+    # Many keys reconcile at once from the thread pool; the default pool of 4 would serialise them.
+    configuration.connection_pool_maxsize = 32
+    return kubernetes.client.ApiClient(configuration)
+
+
+class KubeGateway:
+    """ConfigMaps, ServiceKey status and namespaces: the only Kubernetes objects the reconciler touches."""
+
+    def __init__(self, client: kubernetes.client.ApiClient) -> None:
+        self.core = kubernetes.client.CoreV1Api(client)
+        self.custom = kubernetes.client.CustomObjectsApi(client)
+        self.client = client
+
+    def read_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The ConfigMap as a plain dict, or None when it does not exist."""
+        with translated_errors(f"reading ConfigMap {namespace}/{name}"):
+            try:
+                reply = self.core.read_namespaced_config_map(name, namespace)
+            except ApiException as missing:
+                if missing.status == 404:
+                    return None
+                raise
+        return self.client.sanitize_for_serialization(reply)
+
+    def create_configmap(self, body: dict[str, Any]) -> str:
+        """Create a ConfigMap; return its resourceVersion."""
+        metadata = body["metadata"]
+        with translated_errors(f"creating ConfigMap {metadata['namespace']}/{metadata['name']}"):
+            reply = self.core.create_namespaced_config_map(metadata["namespace"], body)
+        return reply.metadata.resource_version
+
+    def replace_configmap(self, body: dict[str, Any], resource_version: str) -> str:
+        """Replace a ConfigMap if it is still at ``resource_version`` (optimistic concurrency)."""
+        metadata = dict(body["metadata"], resourceVersion=resource_version)
+        with translated_errors(f"updating ConfigMap {metadata['namespace']}/{metadata['name']}"):
+            reply = self.core.replace_namespaced_config_map(metadata["name"], metadata["namespace"],
+                                                            dict(body, metadata=metadata))
+        return reply.metadata.resource_version
+
+    def delete_configmap(self, namespace: str, name: str, resource_version: str) -> None:
+        """Delete a ConfigMap only if it is still the version we inspected."""
+        with translated_errors(f"deleting ConfigMap {namespace}/{name}"):
+            try:
+                self.core.delete_namespaced_config_map(
+                    name, namespace,
+                    body=kubernetes.client.V1DeleteOptions(
+                        preconditions=kubernetes.client.V1Preconditions(resource_version=resource_version)))
+            except ApiException as missing:
+                if missing.status != 404:
+                    raise
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch the ServiceKey's status subresource."""
+        with translated_errors(f"patching status of ServiceKey {namespace}/{name}"):
+            try:
+                self.custom.patch_namespaced_custom_object_status(
+                    API_GROUP, API_VERSION, namespace, "servicekeys", name, {"status": status})
+            except ApiException as missing:
+                if missing.status != 404:  # deleted meanwhile: nothing to report on
+                    raise
+
+    def list_namespaces(self, label_selector: str | None = None) -> list[dict[str, Any]]:
+        """Namespaces (optionally by label selector) as plain dicts."""
+        with translated_errors("listing namespaces"):
+            reply = self.core.list_namespace(label_selector=label_selector or None)
+        return [self.client.sanitize_for_serialization(item) for item in reply.items]

@@ -1,0 +1,123 @@
+"""ServiceKey spec → a typed, defaulted value object (pure).
+
+The CRD schema already rejects most bad input at admission; this module applies the defaults that
+depend on the operator's configuration and raises InvalidSpec for what the schema cannot express.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from servicekey_operator.config import OperatorConfig
+from servicekey_operator.errors import InvalidSpec
+from servicekey_operator.keys import KeySpecError, effective_key_size
+
+ROTATE_ANNOTATION = "servicekey.io/rotate"
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PATH_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def parse_duration_seconds(text: str) -> float:
+    """Parse a Go-style duration (``720h``, ``1h30m``, ``2.5s``) into seconds."""
+    position, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != position:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        position = match.end()
+    if not text or position != len(text):
+        raise InvalidSpec(f"{text!r} is not a duration like 90s, 15m or 720h")
+    return total
+
+
+def _vault_path(path: str, field: str) -> str:
+    segments = path.split("/")
+    if not path or any(not _PATH_SEGMENT.match(s) or s in (".", "..") for s in segments):
+        raise InvalidSpec(f"{field} {path!r} must be slash-separated segments of letters, digits, '.', '_', '-' "
+                          "without '..' or empty segments")
+    return path
+
+
+@dataclass(frozen=True)
+class RotationPolicy:
+    """When and how keys rotate."""
+
+    period_seconds: float | None
+    retain_previous: int
+    publish_ahead_seconds: float
+
+
+@dataclass(frozen=True)
+class DesiredKey:
+    """What one ServiceKey asks for, with every default applied."""
+
+    namespace: str
+    name: str
+    uid: str
+    service_name: str
+    algorithm: str
+    key_size: int | None
+    engine: str
+    vault_mount: str
+    vault_path: str
+    configmap_name: str
+    rotation: RotationPolicy
+    deletion_policy: str
+    rotate_request: str | None
+    target_namespaces: tuple[str, ...]
+    namespace_selector: Mapping[str, Any] | None
+
+    @property
+    def owner_id(self) -> str:
+        """How Vault metadata names the ServiceKey that owns a secret."""
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def key_spec(self) -> str:
+        """The part of the spec whose change means a new key (algorithm, size, engine)."""
+        return f"{self.engine}:{self.algorithm}:{self.key_size or ''}"
+
+
+def desired_key(namespace: str, name: str, uid: str, spec: Mapping[str, Any],
+                annotations: Mapping[str, str], config: OperatorConfig) -> DesiredKey:
+    """Build the defaulted desired state of one ServiceKey; raise InvalidSpec on what admission let through."""
+    algorithm = spec.get("algorithm", "RS256")
+    try:
+        key_size = effective_key_size(algorithm, spec.get("keySize"))
+    except KeySpecError as bad:
+        raise InvalidSpec(str(bad)) from bad
+    rotation = spec.get("rotation") or {}
+    period = rotation.get("period")
+    period_seconds = parse_duration_seconds(period) if period else None
+    if period_seconds is not None and period_seconds < 1:
+        raise InvalidSpec(f"rotation.period {period!r} is shorter than 1s")
+    publish_ahead_seconds = parse_duration_seconds(rotation.get("publishAhead", "0s"))
+    if period_seconds is not None and publish_ahead_seconds >= period_seconds:
+        raise InvalidSpec("rotation.publishAhead must be shorter than rotation.period")
+    retain_previous = int(rotation.get("retainPrevious", 1))
+    if not 0 <= retain_previous <= 10:
+        raise InvalidSpec(f"rotation.retainPrevious must be 0..10, got {retain_previous}")
+    vault = spec.get("vault") or {}
+    engine = vault.get("engine", "kv")
+    default_mount = config.kv_mount if engine == "kv" else config.transit_mount
+    mount = _vault_path(vault.get("mount") or default_mount, "vault.mount")
+    path = _vault_path(vault.get("path") or f"{config.path_prefix}/{namespace}/{name}", "vault.path")
+    if not (path == config.path_prefix or path.startswith(config.path_prefix + "/")):
+        raise InvalidSpec(f"vault.path {path!r} is outside the operator's prefix {config.path_prefix!r}/")
+    public_key = spec.get("publicKey") or {}
+    return DesiredKey(
+        namespace=namespace, name=name, uid=uid,
+        service_name=spec.get("serviceName") or name,
+        algorithm=algorithm, key_size=key_size, engine=engine,
+        vault_mount=mount, vault_path=path,
+        configmap_name=public_key.get("configMapName") or f"{name}-public",
+        rotation=RotationPolicy(period_seconds, retain_previous, publish_ahead_seconds),
+        deletion_policy=spec.get("deletionPolicy", "Retain"),
+        rotate_request=annotations.get(ROTATE_ANNOTATION) or None,
+        target_namespaces=tuple(public_key.get("namespaces") or ()),
+        namespace_selector=public_key.get("namespaceSelector"),
+    )

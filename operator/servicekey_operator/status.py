@@ -1,0 +1,61 @@
+"""The ServiceKey status: pure builders for the fields and the ``Ready`` condition."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from servicekey_operator.spec import DesiredKey
+from servicekey_operator.vault.records import StoredKey
+
+
+def rfc3339(moment: datetime.datetime) -> str:
+    """UTC time in the form Kubernetes uses (seconds precision, Z suffix)."""
+    return moment.astimezone(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def with_condition(conditions: Sequence[Mapping[str, Any]], *, type_: str, status: str, reason: str,
+                   message: str, generation: int | None, now: datetime.datetime) -> list[dict[str, Any]]:
+    """Set one condition in a list-map by type; keep lastTransitionTime unless the status flips."""
+    previous = next((c for c in conditions if c.get("type") == type_), None)
+    transition = rfc3339(now)
+    if previous and previous.get("status") == status and previous.get("lastTransitionTime"):
+        transition = previous["lastTransitionTime"]
+    updated = {"type": type_, "status": status, "reason": reason, "message": message,
+               "lastTransitionTime": transition, "observedGeneration": generation}
+    return [*(dict(c) for c in conditions if c.get("type") != type_), updated]
+
+
+def ready_status(desired: DesiredKey, current: StoredKey, next_rotation: datetime.datetime | None,
+                 generation: int | None, observed: Mapping[str, Any], now: datetime.datetime) -> dict[str, Any]:
+    """The full status of a ServiceKey whose key is in Vault and published."""
+    return {
+        "observedGeneration": generation,
+        "keyId": current.kid,
+        "keyVersion": current.version,
+        "algorithm": current.algorithm,
+        "lastRotationTime": rfc3339(current.created_at),
+        "nextRotationTime": rfc3339(next_rotation) if next_rotation else None,
+        "configMapName": desired.configmap_name,
+        "vaultPath": f"{desired.vault_mount}/{desired.vault_path}",
+        "conditions": with_condition(observed.get("conditions") or [], type_="Ready", status="True",
+                                     reason="KeyReady",
+                                     message=f"key {current.kid} is in Vault and published",
+                                     generation=generation, now=now),
+    }
+
+
+def failed_status(reason: str, message: str, generation: int | None, observed: Mapping[str, Any],
+                  now: datetime.datetime) -> dict[str, Any]:
+    """Status fields for a pass that could not finish: Ready=False with the reason; key fields kept."""
+    return {
+        "observedGeneration": generation,
+        "conditions": with_condition(observed.get("conditions") or [], type_="Ready", status="False",
+                                     reason=reason, message=message, generation=generation, now=now),
+    }
+
+
+def differs(observed: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    """True when writing ``wanted`` as a merge patch would change the observed status."""
+    return any(observed.get(key) != value for key, value in wanted.items())

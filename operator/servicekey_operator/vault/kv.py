@@ -1,0 +1,125 @@
+"""Keys in a KV v2 engine: one secret per ServiceKey, one KV version per key, check-and-set writes.
+
+Secret data per version (DESIGN.md): private_key, public_key, algorithm, key_size, kid, service_name,
+created_at; plus rotate_annotation, the value of ``servicekey.io/rotate`` that the version answered,
+so that a rotation request is recorded in the same atomic write that fulfils it.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import hvac.exceptions
+
+from servicekey_operator.errors import VaultPathConflict
+from servicekey_operator.keys import KeyPair
+from servicekey_operator.vault.connection import VaultConnection, vault_call
+from servicekey_operator.vault.records import (
+    MANAGED_BY,
+    MANAGED_BY_METADATA_KEY,
+    OWNER_METADATA_KEY,
+    KeyHistory,
+    StoredKey,
+)
+
+# Keep more versions than the largest retainPrevious (10) so history outlives the JWKS window.
+KV_MAX_VERSIONS = 32
+
+
+def _parse_time(text: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _stored_key(version: int, data: dict[str, str]) -> StoredKey:
+    key_size = data.get("key_size")
+    return StoredKey(
+        version=version, kid=data["kid"], algorithm=data["algorithm"],
+        key_size=int(key_size) if key_size else None, public_pem=data["public_key"],
+        service_name=data.get("service_name", ""), created_at=_parse_time(data["created_at"]),
+        rotate_annotation=data.get("rotate_annotation") or None, private_pem=data["private_key"],
+    )
+
+
+class KvKeyStore:
+    """Read, write (check-and-set), claim and delete keys in KV v2 mounts."""
+
+    def __init__(self, connection: VaultConnection) -> None:
+        self.connection = connection
+
+    @property
+    def _kv(self):
+        return self.connection.client.secrets.kv.v2
+
+    def _metadata(self, mount: str, path: str) -> dict | None:
+        with vault_call("read_metadata", f"reading metadata of {mount}/{path}"):
+            try:
+                return self._kv.read_secret_metadata(path=path, mount_point=mount)["data"]
+            except hvac.exceptions.InvalidPath:
+                return None
+
+    def _version(self, mount: str, path: str, version: int) -> StoredKey:
+        with vault_call("read_version", f"reading {mount}/{path} version {version}"):
+            reply = self._kv.read_secret_version(path=path, version=version, mount_point=mount,
+                                                 raise_on_deleted_version=True)
+        return _stored_key(version, reply["data"]["data"])
+
+    def read(self, mount: str, path: str, owner: str, retain_previous: int) -> KeyHistory:
+        """The current key and up to ``retain_previous`` older live versions.
+
+        Raises VaultPathConflict when the path holds a secret that another owner (or no operator) wrote.
+        """
+        metadata = self._metadata(mount, path)
+        if metadata is None:
+            return KeyHistory(owner=None, current_version=0, current=None)
+        custom = metadata.get("custom_metadata") or {}
+        recorded_owner = custom.get(OWNER_METADATA_KEY)
+        current_version = int(metadata.get("current_version") or 0)
+        live_versions = sorted(
+            (int(number) for number, info in (metadata.get("versions") or {}).items()
+             if not info.get("destroyed") and not info.get("deletion_time")),
+            reverse=True,
+        )
+        if recorded_owner != owner and live_versions:
+            holder = f"ServiceKey {recorded_owner}" if recorded_owner else "something other than this operator"
+            raise VaultPathConflict(f"{mount}/{path} already holds a secret written by {holder}; "
+                                    "it is left untouched")
+        if not live_versions or live_versions[0] != current_version:
+            return KeyHistory(owner=recorded_owner, current_version=current_version, current=None)
+        keys = [self._version(mount, path, number) for number in live_versions[: retain_previous + 1]]
+        return KeyHistory(owner=recorded_owner, current_version=current_version, current=keys[0],
+                          previous=tuple(keys[1:]))
+
+    def claim(self, mount: str, path: str, owner: str) -> None:
+        """Mark the path as ours before the first write, so a crash never leaves an unowned secret."""
+        with vault_call("write_metadata", f"claiming {mount}/{path}"):
+            self._kv.update_metadata(path=path, mount_point=mount, max_versions=KV_MAX_VERSIONS,
+                                     cas_required=True,
+                                     custom_metadata={MANAGED_BY_METADATA_KEY: MANAGED_BY,
+                                                      OWNER_METADATA_KEY: owner})
+
+    def write(self, mount: str, path: str, keypair: KeyPair, *, service_name: str, rotate_annotation: str | None,
+              created_at: datetime.datetime, expected_version: int) -> StoredKey:
+        """Write a new key version if the current version is still ``expected_version`` (check-and-set).
+
+        Raises VaultWriteConflict when another writer got there first.
+        """
+        data = {
+            "private_key": keypair.private_pem, "public_key": keypair.public_pem,
+            "algorithm": keypair.algorithm, "kid": keypair.kid, "service_name": service_name,
+            "created_at": created_at.isoformat().replace("+00:00", "Z"),
+            "rotate_annotation": rotate_annotation or "",
+        }
+        if keypair.key_size:
+            data["key_size"] = str(keypair.key_size)
+        with vault_call("write_version", f"writing {mount}/{path}"):
+            reply = self._kv.create_or_update_secret(path=path, secret=data, cas=expected_version,
+                                                     mount_point=mount)
+        return _stored_key(int(reply["data"]["version"]), data)
+
+    def delete(self, mount: str, path: str) -> None:
+        """Delete every version and the metadata (deletionPolicy: Delete)."""
+        with vault_call("delete", f"deleting {mount}/{path}"):
+            try:
+                self._kv.delete_metadata_and_all_versions(path=path, mount_point=mount)
+            except hvac.exceptions.InvalidPath:
+                return

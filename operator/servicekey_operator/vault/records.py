@@ -1,0 +1,43 @@
+"""What the key store holds, as plain values (no hvac types leak past ``vault/``)."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+
+OWNER_METADATA_KEY = "servicekey.io/owner"
+MANAGED_BY_METADATA_KEY = "managed-by"
+MANAGED_BY = "servicekey-operator"
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    """One key version as Vault holds it; ``private_pem`` never appears in a repr."""
+
+    version: int
+    kid: str
+    algorithm: str
+    key_size: int | None
+    public_pem: str
+    service_name: str
+    created_at: datetime.datetime
+    rotate_annotation: str | None
+    private_pem: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class KeyHistory:
+    """The current key and the retained previous ones, newest first, plus who owns the path.
+
+    ``current_version`` is what a check-and-set write must name (0: nothing written yet).
+    """
+
+    owner: str | None
+    current_version: int
+    current: StoredKey | None
+    previous: tuple[StoredKey, ...] = ()
+
+    @property
+    def is_empty(self) -> bool:
+        """True when the path holds no live key version."""
+        return self.current is None

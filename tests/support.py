@@ -1,0 +1,141 @@
+"""Test helpers shared by the integration and e2e suites: waiting, and ServiceKey/ConfigMap/Vault access."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import hvac
+import kubernetes.client
+from kubernetes.client.rest import ApiException
+
+from servicekey_operator.devcluster.environment import DevEnvironment
+
+T = TypeVar("T")
+GROUP, VERSION, PLURAL = "servicekey.io", "v1alpha1", "servicekeys"
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1) -> T:
+    """Poll ``probe`` until it returns something truthy; fail with ``what`` and the last value."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
+
+
+def ready_condition(obj: dict[str, Any]) -> dict[str, Any]:
+    """The Ready condition of a ServiceKey, or an empty dict."""
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c.get("type") == "Ready"), {})
+
+
+class ServiceKeys:
+    """ServiceKeys, their ConfigMaps and their Vault secrets in one test namespace."""
+
+    def __init__(self, client: kubernetes.client.ApiClient, namespace: str, env: DevEnvironment) -> None:
+        self.custom = kubernetes.client.CustomObjectsApi(client)
+        self.core = kubernetes.client.CoreV1Api(client)
+        self.namespace = namespace
+        self.env = env
+
+    @property
+    def vault(self) -> hvac.Client:
+        """Root hvac client."""
+        return self.env.vault.client()
+
+    def create(self, name: str, spec: dict[str, Any] | None = None,
+               annotations: dict[str, str] | None = None) -> dict[str, Any]:
+        """Create a ServiceKey."""
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ServiceKey",
+                "metadata": {"name": name, "annotations": annotations or {}}, "spec": spec or {}}
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        """The ServiceKey, or None when it does not exist."""
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+        except ApiException as missing:
+            if missing.status == 404:
+                return None
+            raise
+
+    def patch(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch the ServiceKey."""
+        return self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name, body)
+
+    def delete(self, name: str) -> None:
+        """Delete the ServiceKey (the operator's finalizer runs)."""
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+
+    def wait_gone(self, name: str, timeout: float = 30) -> None:
+        """Wait until the ServiceKey no longer exists."""
+        wait_for(lambda: self.get(name) is None, timeout, f"ServiceKey {name} to be deleted")
+
+    def wait_condition(self, name: str, status: str, reason: str | None = None,
+                       timeout: float = 30) -> dict[str, Any]:
+        """Wait until Ready has ``status`` (and ``reason``) for the current generation; return the object."""
+        def probe() -> dict[str, Any] | None:
+            obj = self.get(name)
+            if not obj:
+                return None
+            condition = ready_condition(obj)
+            current = condition.get("observedGeneration") == obj["metadata"]["generation"]
+            if current and condition.get("status") == status and reason in (None, condition.get("reason")):
+                return obj
+            return None
+        return wait_for(probe, timeout, f"ServiceKey {name} Ready={status} {reason or ''}")
+
+    def wait_ready(self, name: str, timeout: float = 30) -> dict[str, Any]:
+        """Wait until the ServiceKey is Ready=True; return it."""
+        return self.wait_condition(name, "True", "KeyReady", timeout)
+
+    def wait_new_kid(self, name: str, old_kid: str, timeout: float = 30) -> dict[str, Any]:
+        """Wait until status.keyId differs from ``old_kid`` and the key is Ready; return the object."""
+        def probe() -> dict[str, Any] | None:
+            obj = self.get(name)
+            status = (obj or {}).get("status") or {}
+            ready = ready_condition(obj or {}).get("status") == "True"
+            return obj if ready and status.get("keyId") not in (None, old_kid) else None
+        return wait_for(probe, timeout, f"a new key id on {name} (old {old_kid})")
+
+    def configmap(self, name: str, namespace: str | None = None) -> kubernetes.client.V1ConfigMap | None:
+        """A ConfigMap, or None when it does not exist."""
+        try:
+            return self.core.read_namespaced_config_map(name, namespace or self.namespace)
+        except ApiException as missing:
+            if missing.status == 404:
+                return None
+            raise
+
+    def jwks(self, configmap_name: str) -> dict[str, Any]:
+        """The parsed jwks.json of a published ConfigMap."""
+        configmap = self.configmap(configmap_name)
+        assert configmap is not None, f"ConfigMap {configmap_name} is missing"
+        return json.loads(configmap.data["jwks.json"])
+
+    def vault_path(self, name: str) -> tuple[str, str]:
+        """(mount, path) of the ServiceKey's secret as reported in its status."""
+        obj = self.get(name)
+        assert obj and obj.get("status", {}).get("vaultPath"), f"ServiceKey {name} reports no vaultPath"
+        mount, path = obj["status"]["vaultPath"].split("/", 1)
+        return mount, path
+
+    def vault_secret(self, mount: str, path: str, version: int | None = None) -> dict[str, str]:
+        """The data of one KV v2 version (the latest by default)."""
+        reply = self.vault.secrets.kv.v2.read_secret_version(path=path, mount_point=mount, version=version,
+                                                             raise_on_deleted_version=True)
+        return reply["data"]["data"]
+
+    def vault_versions(self, mount: str, path: str) -> int:
+        """How many versions the KV secret has (0 when it does not exist)."""
+        try:
+            metadata = self.vault.secrets.kv.v2.read_secret_metadata(path=path, mount_point=mount)
+        except hvac.exceptions.InvalidPath:
+            return 0
+        return int(metadata["data"]["current_version"])

@@ -1,0 +1,49 @@
+"""desired_key and durations: defaults from the contract and the operator config; InvalidSpec otherwise."""
+
+from __future__ import annotations
+
+import pytest
+
+from servicekey_operator.config import OperatorConfig, VaultSettings
+from servicekey_operator.errors import InvalidSpec
+from servicekey_operator.spec import desired_key, parse_duration_seconds
+
+CONFIG = OperatorConfig(vault=VaultSettings(addr="http://127.0.0.1:8200", token="t"), path_prefix="servicekeys")
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("0s", 0.0), ("90s", 90.0), ("1h30m", 5400.0), ("720h", 2592000.0), ("2.5s", 2.5), ("1500ms", 1.5),
+])
+def test_go_durations_parse(text, seconds):
+    assert parse_duration_seconds(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "5", "5 minutes", "h", "1d", "-1s", "1h ", "s1"])
+def test_malformed_durations_are_invalid(text):
+    with pytest.raises(InvalidSpec, match="not a duration"):
+        parse_duration_seconds(text)
+
+
+def test_defaults_follow_the_contract():
+    desired = desired_key("payments", "signing", "uid", {}, {}, CONFIG)
+
+    assert (desired.algorithm, desired.key_size, desired.engine) == ("RS256", 2048, "kv")
+    assert (desired.vault_mount, desired.vault_path) == ("secret", "servicekeys/payments/signing")
+    assert desired.configmap_name == "signing-public"
+    assert desired.service_name == "signing"
+    assert desired.deletion_policy == "Retain"
+    assert (desired.rotation.period_seconds, desired.rotation.retain_previous,
+            desired.rotation.publish_ahead_seconds) == (None, 1, 0.0)
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"algorithm": "ES256", "keySize": 2048}, "keySize"),
+    ({"vault": {"path": "../escape"}}, "without '..'"),
+    ({"vault": {"path": "/absolute"}}, "without '..'"),
+    ({"vault": {"path": "elsewhere/ns/name"}}, "outside the operator's prefix"),
+    ({"rotation": {"period": "10s", "publishAhead": "10s"}}, "publishAhead"),
+    ({"rotation": {"retainPrevious": 11}}, "retainPrevious"),
+])
+def test_what_admission_cannot_express_is_invalid_spec(spec, message):
+    with pytest.raises(InvalidSpec, match=message):
+        desired_key("ns", "name", "uid", spec, {}, CONFIG)
