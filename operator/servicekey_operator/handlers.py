@@ -30,6 +30,7 @@ from servicekey_operator.vault.kv import KvKeyStore
 GROUP, VERSION, PLURAL = publish.API_GROUP, publish.API_VERSION, "servicekeys"
 MAX_BACKOFF_SECONDS = 300.0
 CONFLICT_RECHECK_SECONDS = 60.0
+KOPF_STORAGE_PREFIX = "kopf.servicekey.io"
 ObjectKey = tuple[str, str]
 
 
@@ -128,11 +129,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
                     **_: Any) -> None:
     """Build the shared state once, and tune kopf for a key manager."""
     config: OperatorConfig = memo.config
-    # Our own names for kopf's bookkeeping, in annotations: fewer status writes than kopf's default.
+    # kopf's bookkeeping in annotations (fewer status writes than its default) under a prefix of its
+    # own: kopf ignores every annotation that shares a prefix with its storage, and servicekey.io/rotate
+    # must stay visible to the update handler.
     settings.persistence.finalizer = "servicekey.io/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="servicekey.io")
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_STORAGE_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="servicekey.io", key="last-handled-configuration")
+        prefix=KOPF_STORAGE_PREFIX, key="last-handled-configuration")
     # A watch that silently dies would stop rotations; have the server close it regularly.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330

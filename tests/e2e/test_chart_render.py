@@ -1,0 +1,671 @@
+"""The Helm chart and the kustomize base, checked locally with nothing but the helm binary.
+
+These tests render the chart (`helm lint`, `helm template`) and read the files; none needs a cluster.
+What they defend: the chart renders with its defaults and with every documented value, its schema
+rejects bad values, its CRD is the repository's CRD byte for byte, its RBAC never touches Secrets and
+has no wildcards, the operator pod runs under the "restricted" Pod Security Standard, the README's
+values table is in step with values.yaml, and deploy/kustomize/base is the chart's default render.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHART_DIR = REPO_ROOT / "charts" / "servicekey-operator"
+SOURCE_CRD = REPO_ROOT / "crds" / "servicekey.io_servicekeys.yaml"
+CHART_CRD = CHART_DIR / "crds" / "servicekey.io_servicekeys.yaml"
+KUSTOMIZE_BASE = REPO_ROOT / "deploy" / "kustomize" / "base"
+
+HELM_VERSION = "v3.22.0"
+RELEASE = "servicekey-operator"
+NAMESPACE = "servicekey-system"
+
+# The operator's configuration contract: the only environment variables the chart may set on it.
+CONTRACT_ENV = {
+    "VAULT_ADDR", "VAULT_NAMESPACE", "VAULT_CACERT", "VAULT_CLIENT_CERT", "VAULT_CLIENT_KEY",
+    "VAULT_TLS_SERVER_NAME", "SERVICEKEY_VAULT_AUTH_METHOD", "VAULT_TOKEN_FILE", "SERVICEKEY_VAULT_ROLE",
+    "SERVICEKEY_VAULT_AUTH_MOUNT", "SERVICEKEY_VAULT_SA_TOKEN_FILE", "SERVICEKEY_VAULT_ROLE_ID_FILE",
+    "SERVICEKEY_VAULT_SECRET_ID_FILE", "SERVICEKEY_KV_MOUNT", "SERVICEKEY_TRANSIT_MOUNT",
+    "SERVICEKEY_PATH_PREFIX", "SERVICEKEY_WATCH_NAMESPACES", "SERVICEKEY_METRICS_PORT",
+    "SERVICEKEY_HEALTH_PORT", "SERVICEKEY_LOG_FORMAT", "SERVICEKEY_PEERING",
+}
+
+# What the operator may do in Kubernetes, and no more: (apiGroup, resource) -> verbs.
+SERVING_RULES = {
+    ("servicekey.io", "servicekeys"): {"get", "list", "watch", "patch", "update"},
+    ("servicekey.io", "servicekeys/status"): {"get", "patch", "update"},
+    ("servicekey.io", "servicekeys/finalizers"): {"update"},
+    ("", "configmaps"): {"get", "list", "watch", "create", "update", "patch", "delete"},
+    ("", "events"): {"create", "patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+}
+CLUSTER_ONLY_RULES = {
+    ("", "namespaces"): {"get", "list", "watch"},
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
+}
+PEERING_VERBS = {"get", "list", "watch", "patch"}
+
+# Every documented value set to something other than its default (the kubernetes/approle/token
+# sub-values are all set; the auth method is varied by the test that uses it).
+FULL_VALUES: dict[str, Any] = {
+    "replicaCount": 3,
+    "image": {
+        "repository": "registry.example.test/platform/servicekey-operator",
+        "tag": "0.1.0-rc1",
+        "digest": "sha256:" + "ab" * 32,
+        "pullPolicy": "Always",
+    },
+    "imagePullSecrets": [{"name": "regcred"}],
+    "nameOverride": "sko",
+    "fullnameOverride": "keys-operator",
+    "commonLabels": {"team": "platform"},
+    "watchNamespaces": ["payments", "orders"],
+    "vault": {
+        "address": "https://openbao.secrets.svc:8200",
+        "namespace": "tenant-a",
+        "tlsServerName": "openbao.example.test",
+        "caBundle": {"source": "secret", "name": "vault-ca", "key": "bundle.pem"},
+        "clientCertificate": {"secretName": "vault-client", "certKey": "client.crt", "keyKey": "client.key"},
+        "auth": {
+            "method": "approle",
+            "mount": "approle-k8s",
+            "kubernetes": {"role": "sko", "tokenAudience": "openbao", "tokenExpirationSeconds": 1800},
+            "approle": {"secretName": "vault-approle", "roleIdKey": "rid", "secretIdKey": "sid"},
+            "token": {"secretName": "vault-token", "key": "vault-token"},
+        },
+        "kvMount": "kv",
+        "transitMount": "transit-keys",
+        "pathPrefix": "platform/servicekeys",
+    },
+    "operator": {
+        "logFormat": "text",
+        "metricsPort": 9090,
+        "healthPort": 9091,
+        "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy.example.test:3128"}],
+    },
+    "peering": {"enabled": True, "name": "servicekeys"},
+    "serviceAccount": {"create": True, "name": "sko-sa", "annotations": {"example.test/owner": "platform"}},
+    "rbac": {"create": True, "publishNamespaces": ["checkout", "orders"]},
+    "podAnnotations": {"example.test/scrape": "true"},
+    "podLabels": {"example.test/tier": "control"},
+    "podSecurityContext": {
+        "runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    },
+    "securityContext": {
+        "runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    },
+    "resources": {"requests": {"cpu": "100m", "memory": "160Mi"}, "limits": {"cpu": "2", "memory": "512Mi"}},
+    "tmpSizeLimit": "32Mi",
+    "livenessProbe": {"initialDelaySeconds": 30, "periodSeconds": 15, "timeoutSeconds": 3, "failureThreshold": 5},
+    "readinessProbe": {"initialDelaySeconds": 2, "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 2},
+    "terminationGracePeriodSeconds": 60,
+    "priorityClassName": "system-cluster-critical",
+    "nodeSelector": {"kubernetes.io/os": "linux"},
+    "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "control", "effect": "NoSchedule"}],
+    "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+        "weight": 100,
+        "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                            "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "sko"}}},
+    }]}},
+    "topologySpreadConstraints": [{
+        "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "sko"}},
+    }],
+    "service": {"type": "NodePort", "port": 9090, "annotations": {"example.test/probe": "true"}},
+    "serviceMonitor": {"enabled": True, "interval": "1m", "scrapeTimeout": "20s", "labels": {"release": "prom"}},
+    "podDisruptionBudget": {"enabled": True, "minAvailable": 2},
+    "networkPolicy": {
+        "enabled": True,
+        "dnsEgress": False,
+        "vault": {"port": 8200, "to": [{"namespaceSelector": {
+            "matchLabels": {"kubernetes.io/metadata.name": "openbao"}}}]},
+        "apiServer": {"ports": [6443], "to": [{"ipBlock": {"cidr": "192.0.2.10/32"}}]},
+        "metrics": {"from": [{"namespaceSelector": {
+            "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]},
+    },
+}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fixtures and helpers
+# ----------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def helm_bin() -> Path:
+    """The real helm binary: $HELM, else the devcluster build cache. Missing helm is a failure."""
+    configured = os.environ.get("HELM")
+    if configured:
+        candidate = Path(configured)
+    else:
+        cache = os.environ.get("SERVICEKEY_CACHE_DIR") or str(Path.home() / ".cache" / "servicekey-operator")
+        candidate = Path(cache) / "bin" / f"helm-{HELM_VERSION}" / "helm"
+    if not (candidate.is_file() and os.access(candidate, os.X_OK)):
+        pytest.fail(f"helm binary not found at {candidate}: set HELM, or build it with the devcluster "
+                    f"binaries (helm {HELM_VERSION} into the cache)", pytrace=False)
+    return candidate
+
+
+def run_helm(helm_bin: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # No kubeconfig: everything here is local, and helm must not reach for a cluster.
+    env = dict(os.environ, KUBECONFIG=os.devnull, HELM_CACHE_HOME="/tmp/servicekey-helm-cache",
+               HELM_CONFIG_HOME="/tmp/servicekey-helm-config", HELM_DATA_HOME="/tmp/servicekey-helm-data")
+    return subprocess.run([str(helm_bin), *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def values_args(tmp_path: Path, values: dict[str, Any] | None) -> list[str]:
+    if values is None:
+        return []
+    values_file = tmp_path / f"values-{len(list(tmp_path.glob('values-*.yaml')))}.yaml"
+    values_file.write_text(yaml.safe_dump(values, sort_keys=False))
+    return ["--values", str(values_file)]
+
+
+def render(helm_bin: Path, tmp_path: Path, values: dict[str, Any] | None = None,
+           *extra: str) -> list[dict[str, Any]]:
+    """`helm template` of the chart as release servicekey-operator in servicekey-system, parsed."""
+    result = run_helm(helm_bin, "template", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE,
+                      *values_args(tmp_path, values), *extra)
+    assert result.returncode == 0, f"helm template failed:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge override into a copy of base (as helm merges --values files)."""
+    result = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def only(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = of_kind(docs, kind)
+    assert len(found) == 1, f"expected exactly one {kind}, rendered {len(found)}"
+    return found[0]
+
+
+def operator_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    containers = only(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["operator"]
+    return containers[0]
+
+
+def env_of(docs: list[dict[str, Any]]) -> dict[str, str]:
+    return {item["name"]: item.get("value") for item in operator_container(docs)["env"]}
+
+
+def rules_by_resource(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
+    """Flatten a Role/ClusterRole into (apiGroup, resource) -> verbs."""
+    table: dict[tuple[str, str], set[str]] = {}
+    for rule in role.get("rules") or []:
+        for group in rule.get("apiGroups", []):
+            for resource in rule.get("resources", []):
+                table.setdefault((group, resource), set()).update(rule["verbs"])
+    return table
+
+
+def key_of(doc: dict[str, Any]) -> tuple[str, str, str, str]:
+    meta = doc["metadata"]
+    return doc["apiVersion"], doc["kind"], meta.get("namespace", ""), meta["name"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# values.yaml documentation (helm-docs style: "# --" opens a value's description)
+# ----------------------------------------------------------------------------------------------------
+
+KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z0-9_]+):(?P<rest>.*)$")
+
+
+def documented_values() -> dict[str, str]:
+    """Dotted path -> description of every value documented with '# --' in values.yaml."""
+    documented: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    comment: list[str] = []
+    for line in (CHART_DIR / "values.yaml").read_text().splitlines():
+        stripped = line.strip()
+        if stripped.startswith("# --"):
+            comment = [stripped[len("# --"):].strip()]
+            continue
+        if stripped.startswith("#"):
+            if comment:
+                comment.append(stripped.lstrip("#").strip())
+            continue
+        match = KEY_LINE.match(line)
+        if not match:
+            if not stripped:
+                comment = []
+            continue
+        indent = len(match["indent"])
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = ".".join([key for _, key in stack] + [match["key"]])
+        if comment:
+            documented[path] = " ".join(comment)
+        comment = []
+        stack.append((indent, match["key"]))
+    return documented
+
+
+def lookup(values: dict[str, Any], dotted: str) -> Any:
+    node: Any = values
+    for part in dotted.split("."):
+        assert isinstance(node, dict) and part in node, f"{dotted} is not set"
+        node = node[part]
+    return node
+
+
+def helm_docs_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    return "object"
+
+
+def readme_rows() -> dict[str, tuple[str, str, str]]:
+    """Key -> (type, default, description) from the table under the README's "## Values" heading."""
+    rows: dict[str, tuple[str, str, str]] = {}
+    readme = (CHART_DIR / "README.md").read_text()
+    assert "\n## Values\n" in readme, "the chart README has no '## Values' section"
+    values_section = readme.split("\n## Values\n", 1)[1].split("\n## ", 1)[0]
+    for line in values_section.splitlines():
+        if not line.startswith("| ") or line.startswith(("| Key ", "|---")):
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+        assert len(cells) == 4, f"README values row is not Key | Type | Default | Description: {line}"
+        rows[cells[0]] = (cells[1], cells[2], cells[3])
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# helm lint and rendering
+# ----------------------------------------------------------------------------------------------------
+
+def test_chart_passes_helm_lint_with_defaults_and_with_every_value(helm_bin, tmp_path):
+    for values in (None, FULL_VALUES):
+        result = run_helm(helm_bin, "lint", str(CHART_DIR), "--strict", "--namespace", NAMESPACE,
+                          *values_args(tmp_path, values))
+        assert result.returncode == 0, f"helm lint failed:\n{result.stdout}\n{result.stderr}"
+
+
+def test_default_render_is_a_cluster_wide_standalone_operator(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path)
+
+    kinds = sorted(doc["kind"] for doc in docs)
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    deployment = only(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}, "one pod at a time without peering"
+    assert operator_container(docs)["image"] == "servicekey-operator:0.1.0"
+    for doc in docs:
+        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            assert doc["metadata"]["namespace"] == NAMESPACE, f"{doc['kind']} not in {NAMESPACE}"
+
+
+def test_default_render_configures_the_operator_by_its_environment_contract(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path)
+
+    env = env_of(docs)
+    assert set(env) <= CONTRACT_ENV, f"not in the contract: {set(env) - CONTRACT_ENV}"
+    assert env == {
+        "VAULT_ADDR": "https://vault.vault.svc:8200",
+        "SERVICEKEY_VAULT_AUTH_METHOD": "kubernetes",
+        "SERVICEKEY_VAULT_ROLE": "servicekey-operator",
+        "SERVICEKEY_VAULT_SA_TOKEN_FILE": "/var/run/secrets/servicekey/vault-sa/token",
+        "SERVICEKEY_KV_MOUNT": "secret",
+        "SERVICEKEY_TRANSIT_MOUNT": "transit",
+        "SERVICEKEY_PATH_PREFIX": "servicekeys",
+        "SERVICEKEY_WATCH_NAMESPACES": "",
+        "SERVICEKEY_METRICS_PORT": "8080",
+        "SERVICEKEY_HEALTH_PORT": "8081",
+        "SERVICEKEY_LOG_FORMAT": "json",
+        "SERVICEKEY_PEERING": "",
+    }
+
+
+def test_kubernetes_auth_uses_a_projected_token_for_vaults_audience(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path)
+
+    pod = only(docs, "Deployment")["spec"]["template"]["spec"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    token_source = volumes["vault-sa-token"]["projected"]["sources"][0]["serviceAccountToken"]
+    assert token_source == {"path": "token", "audience": "vault", "expirationSeconds": 3600}
+    mounts = {m["name"]: m for m in operator_container(docs)["volumeMounts"]}
+    assert mounts["vault-sa-token"] == {"name": "vault-sa-token", "readOnly": True,
+                                        "mountPath": "/var/run/secrets/servicekey/vault-sa"}
+
+
+def test_kubernetes_auth_without_audience_uses_the_pods_own_token(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path, {"vault": {"auth": {"kubernetes": {"tokenAudience": ""}}}})
+
+    assert env_of(docs)["SERVICEKEY_VAULT_SA_TOKEN_FILE"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    volume_names = {v["name"] for v in only(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert volume_names == {"tmp"}
+
+
+@pytest.mark.parametrize("method", ["kubernetes", "approle", "token"])
+def test_every_documented_value_renders(helm_bin, tmp_path, method):
+    values = merged(FULL_VALUES, {"vault": {"auth": {"method": method}}})
+    docs = render(helm_bin, tmp_path, values)
+
+    kinds = {doc["kind"] for doc in docs}
+    assert {"ServiceMonitor", "PodDisruptionBudget", "NetworkPolicy", "Role", "RoleBinding",
+            "KopfPeering"} <= kinds
+    env = env_of(docs)
+    assert set(env) <= CONTRACT_ENV | {"HTTPS_PROXY"}
+    assert env["SERVICEKEY_WATCH_NAMESPACES"] == "payments,orders"
+    assert env["SERVICEKEY_PEERING"] == "servicekeys"
+    assert env["SERVICEKEY_METRICS_PORT"] == "9090"
+    assert env["VAULT_CACERT"] == "/etc/servicekey/vault-ca/ca.crt"
+    assert env["VAULT_CLIENT_CERT"] == "/etc/servicekey/vault-client/tls.crt"
+    assert env["SERVICEKEY_VAULT_AUTH_METHOD"] == method
+    expected_credential_env = {
+        "kubernetes": {"SERVICEKEY_VAULT_ROLE", "SERVICEKEY_VAULT_SA_TOKEN_FILE"},
+        "approle": {"SERVICEKEY_VAULT_ROLE_ID_FILE", "SERVICEKEY_VAULT_SECRET_ID_FILE"},
+        "token": {"VAULT_TOKEN_FILE"},
+    }
+    for other, names in expected_credential_env.items():
+        assert (names <= set(env)) == (other == method), f"{other} credentials with method {method}"
+    assert operator_container(docs)["image"].endswith("@sha256:" + "ab" * 32)
+    assert only(docs, "Deployment")["spec"]["strategy"]["type"] == "RollingUpdate"
+
+
+def test_approle_credentials_come_from_the_users_secret_as_files(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path, {"vault": {"auth": {
+        "method": "approle", "approle": {"secretName": "vault-approle"}}}})
+
+    pod = only(docs, "Deployment")["spec"]["template"]["spec"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes["vault-approle"]["secret"]["secretName"] == "vault-approle"
+    assert volumes["vault-approle"]["secret"]["items"] == [
+        {"key": "role-id", "path": "role-id"}, {"key": "secret-id", "path": "secret-id"}]
+    env = env_of(docs)
+    assert env["SERVICEKEY_VAULT_ROLE_ID_FILE"] == "/etc/servicekey/vault-approle/role-id"
+    assert env["SERVICEKEY_VAULT_SECRET_ID_FILE"] == "/etc/servicekey/vault-approle/secret-id"
+
+
+def test_every_documented_value_is_exercised_by_the_full_render():
+    documented = documented_values()
+
+    assert documented, "values.yaml documents nothing"
+    for path in documented:
+        assert lookup(FULL_VALUES, path) is not None, path
+
+
+def test_peering_cluster_wide_creates_its_peering_object_and_rights(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path, {"replicaCount": 2, "peering": {"enabled": True}})
+
+    peering = only(docs, "ClusterKopfPeering")
+    assert peering["apiVersion"] == "kopf.dev/v1"
+    assert peering["metadata"]["name"] == "servicekey-operator"
+    rules = rules_by_resource(only(docs, "ClusterRole"))
+    assert rules[("kopf.dev", "clusterkopfpeerings")] == PEERING_VERBS
+    assert only(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    assert env_of(docs)["SERVICEKEY_PEERING"] == "servicekey-operator"
+
+
+def test_chart_ships_the_kopf_peering_crds():
+    crds = [doc for path in sorted((CHART_DIR / "crds").glob("*.yaml"))
+            for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+    names = {crd["metadata"]["name"]: crd["spec"]["scope"] for crd in crds}
+    assert names == {"servicekeys.servicekey.io": "Namespaced", "clusterkopfpeerings.kopf.dev": "Cluster",
+                     "kopfpeerings.kopf.dev": "Namespaced"}
+
+
+def render_notes(helm_bin: Path, tmp_path: Path, values: dict[str, Any] | None = None) -> str:
+    """NOTES.txt as `helm install` would print it, rendered offline.
+
+    `helm install --dry-run` needs a reachable cluster, so a copy of the chart renders NOTES.txt
+    through `tpl` into a ConfigMap that `helm template` can show.
+    """
+    chart_copy = tmp_path / "chart"
+    shutil.copytree(CHART_DIR, chart_copy)
+    (chart_copy / "files").mkdir()
+    (chart_copy / "templates" / "NOTES.txt").rename(chart_copy / "files" / "NOTES.txt")
+    (chart_copy / "templates" / "zz-rendered-notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: rendered-notes\n"
+        "data:\n  notes: {{ tpl (.Files.Get \"files/NOTES.txt\") . | toJson }}\n")
+    result = run_helm(helm_bin, "template", RELEASE, str(chart_copy), "--namespace", NAMESPACE,
+                      "--show-only", "templates/zz-rendered-notes.yaml", *values_args(tmp_path, values))
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)["data"]["notes"]
+
+
+NOTES_BY_AUTH_METHOD = {
+    "kubernetes": ({}, "vault write auth/kubernetes/role/servicekey-operator"),
+    "approle": ({"approle": {"secretName": "vault-approle"}}, "create secret generic vault-approle"),
+    "token": ({"token": {"secretName": "vault-token"}}, "create secret generic vault-token"),
+}
+
+
+@pytest.mark.parametrize("method", NOTES_BY_AUTH_METHOD)
+def test_notes_tell_what_to_do_next(helm_bin, tmp_path, method):
+    auth_values, login_step = NOTES_BY_AUTH_METHOD[method]
+
+    notes = render_notes(helm_bin, tmp_path, {"vault": {"auth": {"method": method, **auth_values}}})
+
+    for expected in ("vault policy write servicekey-operator deploy/vault/servicekey-operator-policy.hcl",
+                     login_step, "kubectl apply -f deploy/examples/servicekey-rs256.yaml", "kubectl get sk",
+                     "rollout status deployment/servicekey-operator"):
+        assert expected in notes, f"NOTES lack {expected!r}:\n{notes}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# The schema rejects bad values
+# ----------------------------------------------------------------------------------------------------
+
+BAD_VALUES = {
+    "unknown auth method": ({"vault": {"auth": {"method": "magic"}}}, "method"),
+    "metrics port out of range": ({"operator": {"metricsPort": 70000}}, "metricsPort"),
+    "port given as a string": ({"operator": {"healthPort": "8081"}}, "healthPort"),
+    "unknown top-level key": ({"replicas": 2}, "replicas"),
+    "misspelt nested key": ({"vault": {"adress": "https://vault:8200"}}, "adress"),
+    "unknown log format": ({"operator": {"logFormat": "xml"}}, "logFormat"),
+    "vault address without scheme": ({"vault": {"address": "vault:8200"}}, "address"),
+    "several replicas without peering": ({"replicaCount": 2}, "enabled"),
+    "approle without its secret": ({"vault": {"auth": {"method": "approle"}}}, "secretName"),
+    "token method without its secret": ({"vault": {"auth": {"method": "token"}}}, "secretName"),
+    "CA bundle source without a name": ({"vault": {"caBundle": {"source": "configMap"}}}, "name"),
+    "unknown CA bundle source": ({"vault": {"caBundle": {"source": "vault", "name": "x"}}}, "source"),
+    "unknown pull policy": ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
+    "scrape interval that is no duration": ({"serviceMonitor": {"interval": "soon"}}, "interval"),
+    "watch namespace that is no DNS label": ({"watchNamespaces": ["Payments"]}, "watchNamespaces"),
+    "short-lived projected token": (
+        {"vault": {"auth": {"kubernetes": {"tokenExpirationSeconds": 60}}}}, "tokenExpirationSeconds"),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_VALUES.values(), ids=BAD_VALUES.keys())
+def test_schema_rejects_bad_values(helm_bin, tmp_path, bad):
+    values, offending_key = bad
+
+    result = run_helm(helm_bin, "template", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE,
+                      *values_args(tmp_path, values))
+
+    assert result.returncode != 0, f"accepted {values}"
+    assert "schema" in result.stderr, result.stderr
+    assert offending_key in result.stderr, result.stderr
+
+
+def test_equal_metrics_and_health_ports_are_rejected(helm_bin, tmp_path):
+    result = run_helm(helm_bin, "template", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE,
+                      *values_args(tmp_path, {"operator": {"metricsPort": 8081}}))
+
+    assert result.returncode != 0
+    assert "metricsPort and operator.healthPort must differ" in result.stderr, result.stderr
+
+
+# ----------------------------------------------------------------------------------------------------
+# CRD copy
+# ----------------------------------------------------------------------------------------------------
+
+def test_chart_crd_is_a_byte_identical_copy_of_the_repository_crd():
+    assert CHART_CRD.read_bytes() == SOURCE_CRD.read_bytes(), (
+        f"{CHART_CRD.relative_to(REPO_ROOT)} drifted from {SOURCE_CRD.relative_to(REPO_ROOT)}: "
+        "run hack/sync-chart-crds.sh, then hack/render-deploy.sh")
+
+
+# ----------------------------------------------------------------------------------------------------
+# RBAC
+# ----------------------------------------------------------------------------------------------------
+
+RBAC_VARIANTS = {
+    "defaults": None,
+    "peering cluster-wide": {"replicaCount": 2, "peering": {"enabled": True}},
+    "every value": FULL_VALUES,
+}
+
+
+def all_rules(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for doc in docs:
+        if doc["kind"] in ("ClusterRole", "Role"):
+            for rule in doc.get("rules") or []:
+                yield f"{doc['kind']} {doc['metadata'].get('namespace', '')}/{doc['metadata']['name']}", rule
+
+
+@pytest.mark.parametrize("values", RBAC_VARIANTS.values(), ids=RBAC_VARIANTS.keys())
+def test_rbac_grants_nothing_on_secrets_and_no_wildcards(helm_bin, tmp_path, values):
+    docs = render(helm_bin, tmp_path, values)
+
+    rules = list(all_rules(docs))
+    assert rules
+    for role, rule in rules:
+        assert "nonResourceURLs" not in rule, role
+        assert "secrets" not in rule["resources"], f"{role} grants {rule}"
+        assert "serviceaccounts/token" not in rule["resources"], f"{role} grants {rule}"
+        for field in ("apiGroups", "resources", "verbs", "resourceNames"):
+            assert "*" not in rule.get(field, []), f"{role} has a wildcard in {field}: {rule}"
+        assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), f"{role} grants {rule}"
+
+
+def test_cluster_wide_rbac_is_exactly_what_the_operator_needs(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path)
+
+    cluster_role = only(docs, "ClusterRole")
+    assert rules_by_resource(cluster_role) == SERVING_RULES | CLUSTER_ONLY_RULES
+    binding = only(docs, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "servicekey-operator",
+                                    "namespace": NAMESPACE}]
+
+
+def test_namespaced_rbac_uses_a_role_per_namespace_and_keeps_only_cluster_scoped_rights_cluster_wide(
+        helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path, {"watchNamespaces": ["payments", "orders"],
+                                       "rbac": {"publishNamespaces": ["checkout"]},
+                                       "replicaCount": 2, "peering": {"enabled": True}})
+
+    assert rules_by_resource(only(docs, "ClusterRole")) == CLUSTER_ONLY_RULES
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): rules_by_resource(r)
+             for r in of_kind(docs, "Role")}
+    serving = SERVING_RULES | {("kopf.dev", "kopfpeerings"): PEERING_VERBS}
+    assert roles == {
+        ("payments", "servicekey-operator"): serving,
+        ("orders", "servicekey-operator"): serving,
+        ("checkout", "servicekey-operator-publish"): {("", "configmaps"): SERVING_RULES[("", "configmaps")]},
+    }
+    bindings = {(b["metadata"]["namespace"], b["roleRef"]["name"]) for b in of_kind(docs, "RoleBinding")}
+    assert bindings == set(roles)
+    peerings = {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in of_kind(docs, "KopfPeering")}
+    assert peerings == {("payments", "servicekey-operator"), ("orders", "servicekey-operator")}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pod security
+# ----------------------------------------------------------------------------------------------------
+
+def test_operator_pod_runs_under_the_restricted_pod_security_standard(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path)
+
+    pod = only(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    container = operator_container(docs)
+    assert container["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+    tmp_mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
+    tmp_volume = next(v for v in pod["volumes"] if v["name"] == tmp_mount["name"])
+    assert "emptyDir" in tmp_volume
+
+
+def test_probes_check_kopf_health_endpoint_and_resources_are_set(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path)
+
+    container = operator_container(docs)
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"metrics": 8080, "health": 8081}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
+    assert set(container["resources"]) == {"requests", "limits"}
+    service = only(docs, "Service")
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics",
+                                         "protocol": "TCP"}]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Documentation and the kustomize base stay in step with the chart
+# ----------------------------------------------------------------------------------------------------
+
+def test_readme_values_table_matches_values_yaml():
+    documented = documented_values()
+    defaults = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    rows = readme_rows()
+
+    assert set(rows) == set(documented), (
+        f"README lacks {sorted(set(documented) - set(rows))}; "
+        f"README has stale {sorted(set(rows) - set(documented))}")
+    for path, description in documented.items():
+        default = lookup(defaults, path)
+        expected = (helm_docs_type(default), f"`{json.dumps(default, separators=(',', ':'))}`", description)
+        assert rows[path] == expected, f"README row for {path}"
+
+
+def test_kustomize_base_equals_the_default_helm_render(helm_bin, tmp_path):
+    kustomization = yaml.safe_load((KUSTOMIZE_BASE / "kustomization.yaml").read_text())
+    base_docs = [doc for name in kustomization["resources"]
+                 for doc in yaml.safe_load_all((KUSTOMIZE_BASE / name).read_text()) if doc]
+
+    rendered = render(helm_bin, tmp_path, None, "--include-crds")
+
+    stale = "deploy/kustomize/base drifted from the chart: run hack/render-deploy.sh"
+    assert sorted(map(key_of, base_docs)) == sorted(map(key_of, rendered)), stale
+    by_key = {key_of(doc): doc for doc in rendered}
+    for doc in base_docs:
+        assert doc == by_key[key_of(doc)], f"{stale} ({key_of(doc)})"
