@@ -1,0 +1,190 @@
+{{/*
+Chart name, shortened to fit a label value.
+*/}}
+{{- define "servicekey-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name of the release's resources: the release name, plus the chart name unless the release name
+already contains it. Truncated to 53 characters so that suffixes such as "-metrics" still fit in 63.
+*/}}
+{{- define "servicekey-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 53 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 53 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 53 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Chart name and version, for the helm.sh/chart label.
+*/}}
+{{- define "servicekey-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels that select the operator pods. Never change them in an upgrade: a Deployment's selector is
+immutable.
+*/}}
+{{- define "servicekey-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "servicekey-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Labels on every resource.
+*/}}
+{{- define "servicekey-operator.labels" -}}
+helm.sh/chart: {{ include "servicekey-operator.chart" . }}
+{{ include "servicekey-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: servicekey-operator
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the ServiceAccount the operator runs as.
+*/}}
+{{- define "servicekey-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "servicekey-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Container image reference: repository@digest when a digest is given, else repository:tag (the tag
+defaulting to the chart's appVersion).
+*/}}
+{{- define "servicekey-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+True ("true") when the operator serves only the namespaces in watchNamespaces; empty otherwise.
+*/}}
+{{- define "servicekey-operator.namespaced" -}}
+{{- if .Values.watchNamespaces }}true{{ end }}
+{{- end }}
+
+{{/*
+Namespaces that get a ConfigMap-only Role (namespaced mode): publishNamespaces that are not already
+watched. Rendered as a YAML list.
+*/}}
+{{- define "servicekey-operator.publishOnlyNamespaces" -}}
+{{- $publishOnly := list }}
+{{- range .Values.rbac.publishNamespaces }}
+{{- if not (has . $.Values.watchNamespaces) }}
+{{- $publishOnly = append $publishOnly . }}
+{{- end }}
+{{- end }}
+{{- toYaml $publishOnly }}
+{{- end }}
+
+{{/*
+Where the operator reads its Vault credentials and CA bundle inside the container.
+*/}}
+{{- define "servicekey-operator.paths.caBundle" -}}/etc/servicekey/vault-ca/ca.crt{{- end }}
+{{- define "servicekey-operator.paths.clientCert" -}}/etc/servicekey/vault-client/tls.crt{{- end }}
+{{- define "servicekey-operator.paths.clientKey" -}}/etc/servicekey/vault-client/tls.key{{- end }}
+{{- define "servicekey-operator.paths.vaultToken" -}}/etc/servicekey/vault-token/token{{- end }}
+{{- define "servicekey-operator.paths.approleRoleId" -}}/etc/servicekey/vault-approle/role-id{{- end }}
+{{- define "servicekey-operator.paths.approleSecretId" -}}/etc/servicekey/vault-approle/secret-id{{- end }}
+{{- define "servicekey-operator.paths.saTokenDir" -}}/var/run/secrets/servicekey/vault-sa{{- end }}
+{{- define "servicekey-operator.paths.defaultSaToken" -}}/var/run/secrets/kubernetes.io/serviceaccount/token{{- end }}
+
+{{/*
+Checks that the schema cannot express; rendering fails with a clear message.
+*/}}
+{{- define "servicekey-operator.validate" -}}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.peering.enabled) }}
+{{- fail "replicaCount > 1 needs peering.enabled=true: without kopf peering every replica would act on every ServiceKey" }}
+{{- end }}
+{{- if eq (int .Values.operator.metricsPort) (int .Values.operator.healthPort) }}
+{{- fail "operator.metricsPort and operator.healthPort must differ" }}
+{{- end }}
+{{- if and .Values.rbac.publishNamespaces (not .Values.watchNamespaces) }}
+{{- fail "rbac.publishNamespaces applies only with watchNamespaces; without it the operator may already write ConfigMaps in every namespace" }}
+{{- end }}
+{{- end }}
+
+{{/*
+RBAC rules the operator needs inside every namespace it serves. Nothing on Secrets: private keys
+live in Vault only, and the user Secrets the pod mounts (CA bundle, AppRole, token) are mounted by
+the kubelet, which needs no RBAC from the operator.
+*/}}
+{{- define "servicekey-operator.rules.serving" -}}
+# The ServiceKey custom resource: watch it, and patch it for kopf's finalizer and progress annotations.
+- apiGroups: ["servicekey.io"]
+  resources: ["servicekeys"]
+  verbs: ["get", "list", "watch", "patch", "update"]
+# Its status: observedGeneration, keyId, conditions, ...
+- apiGroups: ["servicekey.io"]
+  resources: ["servicekeys/status"]
+  verbs: ["get", "patch", "update"]
+# Setting the ServiceKey as blockOwnerDeletion owner of its ConfigMaps (OwnerReferencesPermissionEnforcement).
+- apiGroups: ["servicekey.io"]
+  resources: ["servicekeys/finalizers"]
+  verbs: ["update"]
+{{ include "servicekey-operator.rules.publishing" . }}
+# Events about ServiceKeys: kopf posts core/v1 Events; events.k8s.io/v1 for the newer API.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
+
+{{/*
+RBAC rules for writing the public-key ConfigMaps (public.pem, jwks.json, kid) into a namespace.
+*/}}
+{{- define "servicekey-operator.rules.publishing" -}}
+# The public-key ConfigMaps: create and keep them equal to what Vault holds; delete the published
+# copies that a ServiceKey no longer targets.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+{{- end }}
+
+{{/*
+RBAC rules that only exist cluster-wide, whatever the watched namespaces.
+*/}}
+{{- define "servicekey-operator.rules.clusterOnly" -}}
+# Namespaces: resolving spec.publicKey.namespaceSelector, and kopf's namespace observation.
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get", "list", "watch"]
+# CRDs: kopf's resource scanning (it waits for servicekeys.servicekey.io and the peering CRDs).
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["get", "list", "watch"]
+{{- end }}
+
+{{/*
+RBAC rules for kopf peering objects (only with peering.enabled): kopf lists and watches them to see
+its peers, and patches its own keep-alive into their status.
+*/}}
+{{- define "servicekey-operator.rules.peering" -}}
+{{- $resource := ternary "kopfpeerings" "clusterkopfpeerings" (not (empty .Values.watchNamespaces)) -}}
+# kopf peering: see the other replicas and publish this one's keep-alive (only one replica is active).
+- apiGroups: ["kopf.dev"]
+  resources: [{{ $resource | quote }}]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
