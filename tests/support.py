@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import hvac
+import jwt
 import kubernetes.client
 from kubernetes.client.rest import ApiException
 
@@ -131,6 +132,30 @@ class ServiceKeys:
         reply = self.vault.secrets.kv.v2.read_secret_version(path=path, mount_point=mount, version=version,
                                                              raise_on_deleted_version=True)
         return reply["data"]["data"]
+
+    def sign(self, name: str, claims: dict[str, Any] | None = None) -> str:
+        """A JWT signed with the ServiceKey's current private key, read from Vault as a signer would."""
+        mount, path = self.vault_path(name)
+        secret = self.vault_secret(mount, path)
+        return jwt.encode(claims or {"sub": name}, secret["private_key"], algorithm=secret["algorithm"],
+                          headers={"kid": secret["kid"]})
+
+    def verifies(self, configmap_name: str, token: str) -> bool:
+        """Whether ``token`` verifies against the ConfigMap's jwks.json alone (PyJWT)."""
+        header = jwt.get_unverified_header(token)
+        jwks = jwt.PyJWKSet.from_dict(self.jwks(configmap_name))
+        matching = [key for key in jwks.keys if key.key_id == header["kid"]]
+        if not matching:
+            return False
+        try:
+            jwt.decode(token, matching[0].key, algorithms=[header["alg"]])
+        except jwt.InvalidTokenError:
+            return False
+        return True
+
+    def kids(self, configmap_name: str) -> list[str]:
+        """The key ids of the ConfigMap's JWKS, in order."""
+        return [key["kid"] for key in self.jwks(configmap_name)["keys"]]
 
     def vault_versions(self, mount: str, path: str) -> int:
         """How many versions the KV secret has (0 when it does not exist)."""

@@ -21,7 +21,7 @@ from servicekey_operator.config import OperatorConfig
 from servicekey_operator.errors import ServiceKeyError
 from servicekey_operator.keygen import KeyGenerator
 from servicekey_operator.kubeapi import KubeGateway, api_client
-from servicekey_operator.reconcile import Event, Reconciler, next_rotation_time
+from servicekey_operator.reconcile import Event, Reconciler, next_pass_time, next_rotation_time
 from servicekey_operator.spec import DesiredKey, desired_key
 from servicekey_operator.status import differs, failed_status, ready_status
 from servicekey_operator.vault.connection import VaultConnection
@@ -100,7 +100,8 @@ async def run_pass(state: OperatorState, body: Mapping[str, Any], logger: loggin
         try:
             desired = _desired(state, body)
             with metrics.reconcile_timer():
-                outcome = await state.reconciler.reconcile(desired, now, published_kid=observed.get("keyId"))
+                outcome = await state.reconciler.reconcile(desired, now, published_kid=observed.get("keyId"),
+                                                           expect_pending=bool(observed.get("pendingKeyId")))
         except ServiceKeyError as failure:
             metrics.record_failure(key, failure.reason)
             logger.warning(f"{failure.reason}: {failure}")
@@ -112,10 +113,11 @@ async def run_pass(state: OperatorState, body: Mapping[str, Any], logger: loggin
             delay = backoff_seconds(retry) if failure.retryable else CONFLICT_RECHECK_SECONDS
             state.schedule(key, now + datetime.timedelta(seconds=delay))
             return
-        due = next_rotation_time(desired, outcome.current)
+        due = next_rotation_time(desired, outcome.history)
+        wake_at = next_pass_time(desired, outcome.history)
         resync = now + datetime.timedelta(seconds=state.config.resync_seconds * random.uniform(0.9, 1.1))
-        state.schedule(key, min(due, resync) if due else resync)
-        await _write_status(state, body, ready_status(desired, outcome.current, due, generation, observed, now))
+        state.schedule(key, min(wake_at, resync) if wake_at else resync)
+        await _write_status(state, body, ready_status(desired, outcome.history, due, generation, observed, now))
         metrics.record_ready(key, outcome, due)
         _post(body, outcome.events)
 

@@ -21,10 +21,12 @@ KEY_VERSION_ANNOTATION = "servicekey.io/key-version"
 
 
 def published_keys(history: KeyHistory, retain_previous: int) -> list[StoredKey]:
-    """The keys the JWKS lists: the current one first, then up to ``retain_previous`` older ones."""
+    """The keys the JWKS lists: the current one first, the pending one (published ahead of use),
+    then up to ``retain_previous`` older ones."""
     if history.current is None:
         return []
-    return [history.current, *history.previous[:retain_previous]]
+    pending = [history.pending] if history.pending else []
+    return [history.current, *pending, *history.previous[:retain_previous]]
 
 
 def configmap_data(history: KeyHistory, retain_previous: int) -> dict[str, str]:

@@ -1,19 +1,23 @@
 """Decide what one ServiceKey needs (pure), then do it in the fixed order: Vault → ConfigMap.
 
 Every step is idempotent and reads back stored state, so a crash anywhere is repaired by running
-the same pass again: the Vault write is check-and-set, and the ConfigMap is derived from Vault.
+the same pass again: Vault writes are check-and-set, and the ConfigMap is derived from Vault.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import enum
+import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from servicekey_operator import publish
 from servicekey_operator.errors import ConfigMapConflict, InvalidSpec, VaultPathConflict, VaultWriteConflict
+from servicekey_operator.faults import crash_point
 from servicekey_operator.keys import KeyPair
 from servicekey_operator.kubeapi import KubeGateway
 from servicekey_operator.spec import DesiredKey
@@ -24,41 +28,106 @@ Keygen = Callable[[str, int | None], Awaitable[KeyPair]]
 _CAS_ATTEMPTS = 3
 
 
+class KeyAction(enum.Enum):
+    """What the Vault step of a pass does."""
+
+    KEEP = "keep"              # nothing to write
+    WRITE = "write"            # write a new key as the next version now
+    STAGE = "stage"            # write a new key as pending, published ahead of use
+    PROMOTE = "promote"        # the pending key's time has come: write it as the next version
+    CLEAR_PENDING = "clear"    # the pending key was promoted already (a crash in between): forget it
+
+
 @dataclass(frozen=True)
 class KeyDecision:
-    """Whether a new key is needed, and the trigger that asks for it."""
+    """The Vault step and the trigger that asks for it (``Created``, ``SpecChanged``, ``Requested``,
+    ``Scheduled``; ``UpToDate`` or ``Rotating`` when there is nothing to do yet)."""
 
-    generate: bool
+    action: KeyAction
     reason: str
 
+    @property
+    def generate(self) -> bool:
+        """True when the step needs a freshly generated key pair."""
+        return self.action in (KeyAction.WRITE, KeyAction.STAGE)
 
-KEEP = KeyDecision(False, "UpToDate")
 
-
-def next_rotation_time(desired: DesiredKey, current: StoredKey | None) -> datetime.datetime | None:
-    """When the schedule next asks for a key: the current key's creation plus the period."""
+def scheduled_time(desired: DesiredKey, current: StoredKey | None) -> datetime.datetime | None:
+    """The schedule's next tick: the current key's creation plus the period."""
     if current is None or desired.rotation.period_seconds is None:
         return None
     return current.created_at + datetime.timedelta(seconds=desired.rotation.period_seconds)
 
 
-def decide_key(desired: DesiredKey, history: KeyHistory, now: datetime.datetime) -> KeyDecision:
+def next_rotation_time(desired: DesiredKey, history: KeyHistory) -> datetime.datetime | None:
+    """When the next key starts signing: the pending key's activation, or the schedule's next tick."""
+    if history.pending is not None and history.pending.activate_at is not None:
+        return history.pending.activate_at
+    return scheduled_time(desired, history.current)
+
+
+def next_pass_time(desired: DesiredKey, history: KeyHistory) -> datetime.datetime | None:
+    """When a pass must run next: staging starts ``publishAhead`` before the key is due."""
+    due = next_rotation_time(desired, history)
+    if due is None or history.pending is not None:
+        return due
+    return due - datetime.timedelta(seconds=desired.rotation.publish_ahead_seconds)
+
+
+def _spec_of(key: StoredKey) -> tuple[str, int | None]:
+    return key.algorithm, key.key_size
+
+
+def _trigger(desired: DesiredKey, history: KeyHistory, now: datetime.datetime) -> str | None:
+    current = history.current
+    assert current is not None
+    if _spec_of(current) != (desired.algorithm, desired.key_size):
+        return "SpecChanged"
+    if desired.rotate_request is not None and desired.rotate_request != current.rotate_annotation:
+        return "Requested"
+    stage_at = next_pass_time(desired, history)
+    if stage_at is not None and now >= stage_at:
+        return "Scheduled"
+    return None
+
+
+def decide_key(desired: DesiredKey, history: KeyHistory, published_kids: frozenset[str],
+               now: datetime.datetime) -> KeyDecision:
     """The pure rotation decision: compare what is asked with what Vault holds.
 
     Rotation requests are recorded inside the key versions themselves (algorithm, size and the
     rotate annotation value each version answered), so this needs no memory of earlier passes.
+    ``published_kids`` are the key ids the ConfigMap lists now: a pending key is promoted only once
+    verifiers can see it.
     """
-    current = history.current
+    current, pending = history.current, history.pending
     if current is None:
-        return KeyDecision(True, "Created")
-    if (current.algorithm, current.key_size) != (desired.algorithm, desired.key_size):
-        return KeyDecision(True, "SpecChanged")
-    if desired.rotate_request is not None and desired.rotate_request != current.rotate_annotation:
-        return KeyDecision(True, "Requested")
-    due = next_rotation_time(desired, current)
-    if due is not None and now >= due:
-        return KeyDecision(True, "Scheduled")
-    return KEEP
+        return KeyDecision(KeyAction.WRITE, "Created")
+    if pending is not None:
+        if pending.kid == current.kid:
+            return KeyDecision(KeyAction.CLEAR_PENDING, "Rotating")
+        if _spec_of(pending) == (desired.algorithm, desired.key_size):
+            activate_at = pending.activate_at or now
+            if now >= activate_at and pending.kid in published_kids:
+                return KeyDecision(KeyAction.PROMOTE, pending.rotation_reason or "Scheduled")
+            return KeyDecision(KeyAction.KEEP, "Rotating")
+        # The spec changed under a staged key: it was never used, stage the right one instead.
+        history = KeyHistory(history.owner, history.current_version, current, history.previous)
+    reason = _trigger(desired, history, now)
+    if reason is None:
+        return KeyDecision(KeyAction.KEEP, "UpToDate")
+    if desired.rotation.publish_ahead_seconds > 0:
+        return KeyDecision(KeyAction.STAGE, reason)
+    return KeyDecision(KeyAction.WRITE, reason)
+
+
+def published_kids(configmap: Mapping[str, Any] | None) -> frozenset[str]:
+    """The key ids in an existing ConfigMap's jwks.json (empty when absent or unreadable)."""
+    try:
+        keys = json.loads(((configmap or {}).get("data") or {}).get("jwks.json", "{}")).get("keys", [])
+        return frozenset(str(key.get("kid")) for key in keys)
+    except (ValueError, AttributeError):
+        return frozenset()
 
 
 @dataclass(frozen=True)
@@ -86,10 +155,15 @@ class Outcome:
         return self.history.current
 
 
-def _after_write(history: KeyHistory, written: StoredKey) -> KeyHistory:
+def _with_new_current(history: KeyHistory, written: StoredKey) -> KeyHistory:
     previous = (history.current, *history.previous) if history.current else history.previous
     return KeyHistory(owner=history.owner, current_version=written.version, current=written,
                       previous=previous)
+
+
+def _keypair_of(key: StoredKey) -> KeyPair:
+    return KeyPair(algorithm=key.algorithm, key_size=key.key_size, private_pem=key.private_pem,
+                   public_pem=key.public_pem, kid=key.kid)
 
 
 class Reconciler:
@@ -102,71 +176,114 @@ class Reconciler:
         self.keygen = keygen
         self.logger = logger or logging.getLogger(__name__)
 
-    async def reconcile(self, desired: DesiredKey, now: datetime.datetime,
-                        published_kid: str | None = None) -> Outcome:
+    async def reconcile(self, desired: DesiredKey, now: datetime.datetime, *, published_kid: str | None = None,
+                        expect_pending: bool = False) -> Outcome:
         """Bring Vault and the ConfigMap in line with ``desired``; return what was done.
 
-        ``published_kid`` is the key id the status last reported, used only to word the events.
+        ``published_kid`` is the key id the status last reported (it words the events);
+        ``expect_pending`` says the status reported a pending key, so it must be looked for even if
+        ``publishAhead`` has been switched off since.
         """
         if desired.engine != "kv":
             raise InvalidSpec(f"vault.engine {desired.engine!r} is not supported by this operator version")
-        outcome = await self._ensure_key(desired, now, published_kid)
-        outcome.configmap_written = await asyncio.to_thread(self._publish, desired, outcome.history)
+        existing = await asyncio.to_thread(self.kube.read_configmap, desired.namespace, desired.configmap_name)
+        if existing is not None and not publish.is_ours(existing, desired):
+            raise ConfigMapConflict(f"ConfigMap {desired.namespace}/{desired.configmap_name} exists and is "
+                                    "not managed by this ServiceKey; it is left untouched")
+        with_pending = expect_pending or desired.rotation.publish_ahead_seconds > 0
+        outcome = await self._ensure_key(desired, now, published_kid, published_kids(existing), with_pending)
+        outcome.configmap_written = await asyncio.to_thread(self._publish, desired, outcome.history, existing)
         if outcome.configmap_written:
             outcome.events.append(Event("Normal", "Published",
-                                        f"ConfigMap {desired.configmap_name} publishes kid "
-                                        f"{outcome.current.kid}"))
+                                        f"ConfigMap {desired.configmap_name} publishes kid {outcome.current.kid}"
+                                        + (f" and pending {outcome.history.pending.kid}"
+                                           if outcome.history.pending else "")))
         return outcome
 
-    async def _ensure_key(self, desired: DesiredKey, now: datetime.datetime,
-                          published_kid: str | None) -> Outcome:
+    async def _ensure_key(self, desired: DesiredKey, now: datetime.datetime, published_kid: str | None,
+                          kids_in_configmap: frozenset[str], with_pending: bool) -> Outcome:
         for _attempt in range(_CAS_ATTEMPTS):
             history = await asyncio.to_thread(self.store.read, desired.vault_mount, desired.vault_path,
-                                              desired.owner_id, desired.rotation.retain_previous)
-            decision = decide_key(desired, history, now)
-            if not decision.generate:
-                events = []
-                if published_kid is None:
-                    events.append(Event("Normal", "Adopted", f"adopted the existing key {history.current.kid} "
-                                        f"at {desired.vault_mount}/{desired.vault_path}"))
-                return Outcome(history, decision, events=events)
-            keypair = await self.keygen(desired.algorithm, desired.key_size)
+                                              desired.owner_id, desired.rotation.retain_previous,
+                                              with_pending=with_pending)
+            decision = decide_key(desired, history, kids_in_configmap, now)
             try:
-                written = await asyncio.to_thread(self._write, desired, history, keypair, now)
+                return await self._carry_out(desired, history, decision, now, published_kid)
             except VaultWriteConflict:
                 # Someone else (another replica, or our own earlier pass) moved the secret on:
                 # their write answers the same request, so look again instead of writing twice.
-                self.logger.info("check-and-set lost a race; re-reading", extra={"kid": keypair.kid})
-                continue
-            old_kid = history.current.kid if history.current else None
-            self.logger.info(f"wrote key {written.kid} as version {written.version} ({decision.reason})")
-            if old_kid:
-                event = Event("Normal", "Rotated", f"rotated ({decision.reason}): {old_kid} -> {written.kid}")
-            else:
-                event = Event("Normal", "Generated", f"generated {desired.algorithm} key {written.kid}")
-            return Outcome(_after_write(history, written), decision, events=[event])
+                self.logger.info(f"check-and-set lost a race at {desired.vault_path}; re-reading")
         raise VaultWriteConflict(f"{desired.vault_path}: check-and-set kept failing; will retry")
 
-    def _write(self, desired: DesiredKey, history: KeyHistory, keypair: KeyPair,
-               now: datetime.datetime) -> StoredKey:
+    async def _carry_out(self, desired: DesiredKey, history: KeyHistory, decision: KeyDecision,
+                         now: datetime.datetime, published_kid: str | None) -> Outcome:
+        mount, path = desired.vault_mount, desired.vault_path
+        if decision.action is KeyAction.KEEP:
+            events = []
+            if published_kid is None and history.current is not None:
+                events.append(Event("Normal", "Adopted", f"adopted the existing key {history.current.kid} "
+                                    f"at {mount}/{path}"))
+            return Outcome(history, decision, events=events)
+        if decision.action is KeyAction.CLEAR_PENDING:
+            await asyncio.to_thread(self.store.delete_pending, mount, path)
+            return Outcome(KeyHistory(history.owner, history.current_version, history.current, history.previous),
+                           decision)
+        if decision.action is KeyAction.PROMOTE:
+            assert history.pending is not None
+            written = await asyncio.to_thread(self._write, desired, history, _keypair_of(history.pending),
+                                              history.pending.rotate_annotation, decision.reason,
+                                              history.pending.activate_at or now)
+            await asyncio.to_thread(self.store.delete_pending, mount, path)
+            return self._rotated(history, written, decision)
+        keypair = await self.keygen(desired.algorithm, desired.key_size)
+        if history.pending is not None:
+            await asyncio.to_thread(self.store.delete_pending, mount, path)
+        if decision.action is KeyAction.STAGE:
+            if decision.reason == "Scheduled":  # staged publishAhead early: sign from the tick itself
+                activate_at = max(now, scheduled_time(desired, history.current) or now)
+            else:
+                activate_at = now + datetime.timedelta(seconds=desired.rotation.publish_ahead_seconds)
+            pending = await asyncio.to_thread(
+                self.store.write_pending, mount, path, keypair, service_name=desired.service_name,
+                rotate_annotation=desired.rotate_request, rotation_reason=decision.reason, created_at=now,
+                activate_at=activate_at)
+            self.logger.info(f"staged key {pending.kid}, signing from {activate_at.isoformat()} ({decision.reason})")
+            staged = KeyHistory(history.owner, history.current_version, history.current, history.previous, pending)
+            return Outcome(staged, decision, events=[Event(
+                "Normal", "Staged", f"staged {pending.kid}: published now, signing from {activate_at.isoformat()}")])
+        written = await asyncio.to_thread(self._write, desired, history, keypair, desired.rotate_request,
+                                          decision.reason, now)
+        return self._rotated(history, written, decision)
+
+    def _rotated(self, history: KeyHistory, written: StoredKey, decision: KeyDecision) -> Outcome:
+        self.logger.info(f"wrote key {written.kid} as version {written.version} ({decision.reason})")
+        old_kid = history.current.kid if history.current else None
+        if old_kid:
+            event = Event("Normal", "Rotated", f"rotated ({decision.reason}): {old_kid} -> {written.kid}")
+        else:
+            event = Event("Normal", "Generated", f"generated {written.algorithm} key {written.kid}")
+        return Outcome(_with_new_current(history, written), decision, events=[event])
+
+    def _write(self, desired: DesiredKey, history: KeyHistory, keypair: KeyPair, rotate_annotation: str | None,
+               reason: str, created_at: datetime.datetime) -> StoredKey:
         if history.owner != desired.owner_id:
             self.store.claim(desired.vault_mount, desired.vault_path, desired.owner_id)
-        return self.store.write(desired.vault_mount, desired.vault_path, keypair, service_name=desired.service_name,
-                                rotate_annotation=desired.rotate_request, created_at=now,
-                                expected_version=history.current_version)
+        written = self.store.write(desired.vault_mount, desired.vault_path, keypair,
+                                   service_name=desired.service_name, rotate_annotation=rotate_annotation,
+                                   rotation_reason=reason, created_at=created_at,
+                                   expected_version=history.current_version)
+        crash_point("vault-write")
+        return written
 
-    def _publish(self, desired: DesiredKey, history: KeyHistory) -> bool:
+    def _publish(self, desired: DesiredKey, history: KeyHistory, existing: Mapping[str, Any] | None) -> bool:
         wanted = publish.desired_configmap(desired, history)
-        existing = self.kube.read_configmap(desired.namespace, desired.configmap_name)
         if existing is None:
             self.kube.create_configmap(wanted)
-            return True
-        if not publish.is_ours(existing, desired):
-            raise ConfigMapConflict(f"ConfigMap {desired.namespace}/{desired.configmap_name} exists and is "
-                                    "not managed by this ServiceKey; it is left untouched")
-        if not publish.needs_update(existing, wanted):
+        elif publish.needs_update(existing, wanted):
+            self.kube.replace_configmap(wanted, existing["metadata"]["resourceVersion"])
+        else:
             return False
-        self.kube.replace_configmap(wanted, existing["metadata"]["resourceVersion"])
+        crash_point("configmap-write")
         return True
 
     async def finalize(self, desired: DesiredKey) -> list[Event]:
@@ -175,7 +292,8 @@ class Reconciler:
             return []
         location = f"{desired.vault_mount}/{desired.vault_path}"
         try:
-            await asyncio.to_thread(self.store.read, desired.vault_mount, desired.vault_path, desired.owner_id, 0)
+            await asyncio.to_thread(self.store.read, desired.vault_mount, desired.vault_path, desired.owner_id, 0,
+                                    with_pending=False)
         except VaultPathConflict:
             return [Event("Warning", "DeleteSkipped", f"{location} is not ours; left in Vault")]
         await asyncio.to_thread(self.store.delete, desired.vault_mount, desired.vault_path)

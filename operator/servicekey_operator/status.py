@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from servicekey_operator.spec import DesiredKey
-from servicekey_operator.vault.records import StoredKey
+from servicekey_operator.vault.records import KeyHistory
 
 
 def rfc3339(moment: datetime.datetime) -> str:
@@ -27,9 +27,20 @@ def with_condition(conditions: Sequence[Mapping[str, Any]], *, type_: str, statu
     return [*(dict(c) for c in conditions if c.get("type") != type_), updated]
 
 
-def ready_status(desired: DesiredKey, current: StoredKey, next_rotation: datetime.datetime | None,
+def ready_status(desired: DesiredKey, history: KeyHistory, next_rotation: datetime.datetime | None,
                  generation: int | None, observed: Mapping[str, Any], now: datetime.datetime) -> dict[str, Any]:
-    """The full status of a ServiceKey whose key is in Vault and published."""
+    """The full status of a ServiceKey whose key is in Vault and published.
+
+    While a key is published ahead of use the key still works, so Ready stays True with reason
+    ``Rotating`` and ``pendingKeyId`` names the next key.
+    """
+    current, pending = history.current, history.pending
+    assert current is not None
+    if pending is not None:
+        reason, message = "Rotating", (f"key {current.kid} signs; {pending.kid} is published and signs from "
+                                       f"{rfc3339(pending.activate_at or now)}")
+    else:
+        reason, message = "KeyReady", f"key {current.kid} is in Vault and published"
     return {
         "observedGeneration": generation,
         "keyId": current.kid,
@@ -39,10 +50,9 @@ def ready_status(desired: DesiredKey, current: StoredKey, next_rotation: datetim
         "nextRotationTime": rfc3339(next_rotation) if next_rotation else None,
         "configMapName": desired.configmap_name,
         "vaultPath": f"{desired.vault_mount}/{desired.vault_path}",
+        "pendingKeyId": pending.kid if pending else None,
         "conditions": with_condition(observed.get("conditions") or [], type_="Ready", status="True",
-                                     reason="KeyReady",
-                                     message=f"key {current.kid} is in Vault and published",
-                                     generation=generation, now=now),
+                                     reason=reason, message=message, generation=generation, now=now),
     }
 
 

@@ -1,52 +1,85 @@
-"""decide_key: the pure rotation decision, as a table."""
+"""decide_key: the pure rotation decision, as tables."""
 
 from __future__ import annotations
 
 import datetime
+from dataclasses import replace
 
 import pytest
 
 from servicekey_operator.config import OperatorConfig, VaultSettings
-from servicekey_operator.reconcile import decide_key, next_rotation_time
+from servicekey_operator.reconcile import KeyAction, decide_key, next_pass_time, next_rotation_time
 from servicekey_operator.spec import desired_key
 from servicekey_operator.vault.records import KeyHistory, StoredKey
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+MINUTE = datetime.timedelta(minutes=1)
 CONFIG = OperatorConfig(vault=VaultSettings(addr="http://127.0.0.1:8200", token="t"))
+NO_KEY = KeyHistory(None, 0, None)
 
 
 def _desired(spec: dict, annotations: dict | None = None):
     return desired_key("ns", "sk", "uid-1", spec, annotations or {}, CONFIG)
 
 
-def _history(algorithm: str = "ES256", key_size: int | None = None, annotation: str | None = None,
-             created_at: datetime.datetime = T0) -> KeyHistory:
-    current = StoredKey(version=3, kid="kid-3", algorithm=algorithm, key_size=key_size, public_pem="",
-                        service_name="sk", created_at=created_at, rotate_annotation=annotation)
-    return KeyHistory(owner="ns/sk", current_version=3, current=current)
+def _key(kid: str = "kid-3", algorithm: str = "ES256", key_size: int | None = None, annotation: str | None = None,
+         created_at: datetime.datetime = T0, activate_at: datetime.datetime | None = None) -> StoredKey:
+    return StoredKey(version=3, kid=kid, algorithm=algorithm, key_size=key_size, public_pem="", service_name="sk",
+                     created_at=created_at, rotate_annotation=annotation, rotation_reason="Requested",
+                     activate_at=activate_at)
+
+
+def _history(pending: StoredKey | None = None, **current) -> KeyHistory:
+    return KeyHistory(owner="ns/sk", current_version=3, current=_key(**current), pending=pending)
+
+
+ROTATE_A = {"servicekey.io/rotate": "a"}
+HOURLY = {"algorithm": "ES256", "rotation": {"period": "1h"}}
+AHEAD = {"algorithm": "ES256", "rotation": {"publishAhead": "2m"}}
+HOURLY_AHEAD = {"algorithm": "ES256", "rotation": {"period": "1h", "publishAhead": "2m"}}
+STAGED = _key("kid-4", annotation="a", activate_at=T0 + 2 * MINUTE)
 
 
 @pytest.mark.parametrize(("spec", "annotations", "history", "now", "expected"), [
-    ({"algorithm": "ES256"}, {}, KeyHistory(None, 0, None), T0, (True, "Created")),
-    ({"algorithm": "ES256"}, {}, _history(), T0, (False, "UpToDate")),
-    ({"algorithm": "ES384"}, {}, _history(), T0, (True, "SpecChanged")),
-    ({"algorithm": "RS256", "keySize": 3072}, {}, _history("RS256", 2048), T0, (True, "SpecChanged")),
-    ({"algorithm": "RS256"}, {}, _history("RS256", 2048), T0, (False, "UpToDate")),
-    ({"algorithm": "ES256"}, {"servicekey.io/rotate": "a"}, _history(), T0, (True, "Requested")),
-    ({"algorithm": "ES256"}, {"servicekey.io/rotate": "a"}, _history(annotation="a"), T0, (False, "UpToDate")),
-    ({"algorithm": "ES256"}, {}, _history(annotation="a"), T0, (False, "UpToDate")),
-    ({"algorithm": "ES256", "rotation": {"period": "1h"}}, {}, _history(),
-     T0 + datetime.timedelta(minutes=59), (False, "UpToDate")),
-    ({"algorithm": "ES256", "rotation": {"period": "1h"}}, {}, _history(),
-     T0 + datetime.timedelta(hours=1), (True, "Scheduled")),
+    ({"algorithm": "ES256"}, {}, NO_KEY, T0, (KeyAction.WRITE, "Created")),
+    (AHEAD, ROTATE_A, NO_KEY, T0, (KeyAction.WRITE, "Created")),
+    ({"algorithm": "ES256"}, {}, _history(), T0, (KeyAction.KEEP, "UpToDate")),
+    ({"algorithm": "ES384"}, {}, _history(), T0, (KeyAction.WRITE, "SpecChanged")),
+    ({"algorithm": "RS256", "keySize": 3072}, {}, _history(algorithm="RS256", key_size=2048), T0,
+     (KeyAction.WRITE, "SpecChanged")),
+    ({"algorithm": "RS256"}, {}, _history(algorithm="RS256", key_size=2048), T0, (KeyAction.KEEP, "UpToDate")),
+    ({"algorithm": "ES256"}, ROTATE_A, _history(), T0, (KeyAction.WRITE, "Requested")),
+    ({"algorithm": "ES256"}, ROTATE_A, _history(annotation="a"), T0, (KeyAction.KEEP, "UpToDate")),
+    ({"algorithm": "ES256"}, {}, _history(annotation="a"), T0, (KeyAction.KEEP, "UpToDate")),
+    (HOURLY, {}, _history(), T0 + 59 * MINUTE, (KeyAction.KEEP, "UpToDate")),
+    (HOURLY, {}, _history(), T0 + 60 * MINUTE, (KeyAction.WRITE, "Scheduled")),
     ({"algorithm": "ES384", "rotation": {"period": "1h"}}, {"servicekey.io/rotate": "b"}, _history(),
-     T0 + datetime.timedelta(hours=2), (True, "SpecChanged")),
-], ids=["no-key", "up-to-date", "algorithm-changed", "rsa-size-changed", "rsa-default-size", "annotation-new",
-        "annotation-answered", "annotation-removed", "period-not-due", "period-due", "spec-change-wins"])
+     T0 + 120 * MINUTE, (KeyAction.WRITE, "SpecChanged")),
+    (AHEAD, ROTATE_A, _history(), T0, (KeyAction.STAGE, "Requested")),
+    (HOURLY_AHEAD, {}, _history(), T0 + 57 * MINUTE, (KeyAction.KEEP, "UpToDate")),
+    (HOURLY_AHEAD, {}, _history(), T0 + 58 * MINUTE, (KeyAction.STAGE, "Scheduled")),
+    (AHEAD, ROTATE_A, _history(pending=STAGED), T0 + MINUTE, (KeyAction.KEEP, "Rotating")),
+    (AHEAD, ROTATE_A, _history(pending=STAGED), T0 + 2 * MINUTE, (KeyAction.PROMOTE, "Requested")),
+    ({"algorithm": "ES256"}, ROTATE_A, _history(pending=STAGED), T0 + 2 * MINUTE, (KeyAction.PROMOTE, "Requested")),
+    (AHEAD, ROTATE_A, _history(pending=replace(STAGED, kid="kid-3")), T0, (KeyAction.CLEAR_PENDING, "Rotating")),
+    ({"algorithm": "ES384", "rotation": {"publishAhead": "2m"}}, ROTATE_A, _history(pending=STAGED), T0 + MINUTE,
+     (KeyAction.STAGE, "SpecChanged")),
+], ids=["no-key", "no-key-ignores-publish-ahead", "up-to-date", "algorithm-changed", "rsa-size-changed",
+        "rsa-default-size", "annotation-new", "annotation-answered", "annotation-removed", "period-not-due",
+        "period-due", "spec-change-wins", "publish-ahead-stages", "schedule-not-yet-staged",
+        "schedule-staged-ahead-of-tick", "pending-waits", "pending-promoted-on-time",
+        "pending-promoted-after-publish-ahead-removed", "pending-already-promoted", "spec-change-restages"])
 def test_decide_key(spec, annotations, history, now, expected):
-    decision = decide_key(_desired(spec, annotations), history, now)
+    decision = decide_key(_desired(spec, annotations), history, frozenset({"kid-3", "kid-4"}), now)
 
-    assert (decision.generate, decision.reason) == expected
+    assert (decision.action, decision.reason) == expected
+
+
+def test_a_pending_key_is_not_promoted_before_the_configmap_lists_it():
+    decision = decide_key(_desired(AHEAD, ROTATE_A), _history(pending=STAGED), frozenset({"kid-3"}),
+                          T0 + 10 * MINUTE)
+
+    assert (decision.action, decision.reason) == (KeyAction.KEEP, "Rotating")
 
 
 def test_a_change_of_rotation_settings_alone_only_reschedules():
@@ -54,6 +87,13 @@ def test_a_change_of_rotation_settings_alone_only_reschedules():
     before = _desired({"algorithm": "ES256", "rotation": {"period": "2h"}})
     after = _desired({"algorithm": "ES256", "rotation": {"period": "1h", "retainPrevious": 3}})
 
-    assert decide_key(after, history, T0).generate is False
-    assert next_rotation_time(before, history.current) == T0 + datetime.timedelta(hours=2)
-    assert next_rotation_time(after, history.current) == T0 + datetime.timedelta(hours=1)
+    assert decide_key(after, history, frozenset(), T0).action is KeyAction.KEEP
+    assert next_rotation_time(before, history) == T0 + 120 * MINUTE
+    assert next_rotation_time(after, history) == T0 + 60 * MINUTE
+
+
+def test_the_next_pass_comes_publish_ahead_before_the_tick_and_at_a_pending_activation():
+    desired = _desired(HOURLY_AHEAD)
+
+    assert next_pass_time(desired, _history()) == T0 + 58 * MINUTE
+    assert next_pass_time(desired, _history(pending=STAGED)) == T0 + 2 * MINUTE

@@ -24,6 +24,18 @@ from servicekey_operator.vault.records import (
 
 # Keep more versions than the largest retainPrevious (10) so history outlives the JWKS window.
 KV_MAX_VERSIONS = 32
+# The key published ahead of use lives beside the secret, so signers reading the secret's latest
+# version never see it before it is promoted.
+PENDING_SUFFIX = "pending"
+
+
+def pending_path(path: str) -> str:
+    """Where the key published ahead of use is kept."""
+    return f"{path}/{PENDING_SUFFIX}"
+
+
+def _format_time(moment: datetime.datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _parse_time(text: str) -> datetime.datetime:
@@ -32,12 +44,28 @@ def _parse_time(text: str) -> datetime.datetime:
 
 def _stored_key(version: int, data: dict[str, str]) -> StoredKey:
     key_size = data.get("key_size")
+    activate_at = data.get("activate_at")
     return StoredKey(
         version=version, kid=data["kid"], algorithm=data["algorithm"],
         key_size=int(key_size) if key_size else None, public_pem=data["public_key"],
         service_name=data.get("service_name", ""), created_at=_parse_time(data["created_at"]),
-        rotate_annotation=data.get("rotate_annotation") or None, private_pem=data["private_key"],
+        rotate_annotation=data.get("rotate_annotation") or None,
+        rotation_reason=data.get("rotation_reason", ""),
+        activate_at=_parse_time(activate_at) if activate_at else None, private_pem=data["private_key"],
     )
+
+
+def _secret_data(keypair: KeyPair, service_name: str, rotate_annotation: str | None, rotation_reason: str,
+                 created_at: datetime.datetime) -> dict[str, str]:
+    data = {
+        "private_key": keypair.private_pem, "public_key": keypair.public_pem,
+        "algorithm": keypair.algorithm, "kid": keypair.kid, "service_name": service_name,
+        "created_at": _format_time(created_at), "rotate_annotation": rotate_annotation or "",
+        "rotation_reason": rotation_reason,
+    }
+    if keypair.key_size:
+        data["key_size"] = str(keypair.key_size)
+    return data
 
 
 class KvKeyStore:
@@ -63,8 +91,8 @@ class KvKeyStore:
                                                  raise_on_deleted_version=True)
         return _stored_key(version, reply["data"]["data"])
 
-    def read(self, mount: str, path: str, owner: str, retain_previous: int) -> KeyHistory:
-        """The current key and up to ``retain_previous`` older live versions.
+    def read(self, mount: str, path: str, owner: str, retain_previous: int, *, with_pending: bool) -> KeyHistory:
+        """The current key, up to ``retain_previous`` older live versions and (if asked) the pending key.
 
         Raises VaultPathConflict when the path holds a secret that another owner (or no operator) wrote.
         """
@@ -83,11 +111,21 @@ class KvKeyStore:
             holder = f"ServiceKey {recorded_owner}" if recorded_owner else "something other than this operator"
             raise VaultPathConflict(f"{mount}/{path} already holds a secret written by {holder}; "
                                     "it is left untouched")
+        pending = self._pending(mount, path) if with_pending else None
         if not live_versions or live_versions[0] != current_version:
-            return KeyHistory(owner=recorded_owner, current_version=current_version, current=None)
+            return KeyHistory(owner=recorded_owner, current_version=current_version, current=None, pending=pending)
         keys = [self._version(mount, path, number) for number in live_versions[: retain_previous + 1]]
         return KeyHistory(owner=recorded_owner, current_version=current_version, current=keys[0],
-                          previous=tuple(keys[1:]))
+                          previous=tuple(keys[1:]), pending=pending)
+
+    def _pending(self, mount: str, path: str) -> StoredKey | None:
+        with vault_call("read_version", f"reading {mount}/{pending_path(path)}"):
+            try:
+                reply = self._kv.read_secret_version(path=pending_path(path), mount_point=mount,
+                                                     raise_on_deleted_version=True)
+            except hvac.exceptions.InvalidPath:
+                return None
+        return _stored_key(0, reply["data"]["data"])
 
     def claim(self, mount: str, path: str, owner: str) -> None:
         """Mark the path as ours before the first write, so a crash never leaves an unowned secret."""
@@ -98,26 +136,40 @@ class KvKeyStore:
                                                       OWNER_METADATA_KEY: owner})
 
     def write(self, mount: str, path: str, keypair: KeyPair, *, service_name: str, rotate_annotation: str | None,
-              created_at: datetime.datetime, expected_version: int) -> StoredKey:
+              rotation_reason: str, created_at: datetime.datetime, expected_version: int) -> StoredKey:
         """Write a new key version if the current version is still ``expected_version`` (check-and-set).
 
         Raises VaultWriteConflict when another writer got there first.
         """
-        data = {
-            "private_key": keypair.private_pem, "public_key": keypair.public_pem,
-            "algorithm": keypair.algorithm, "kid": keypair.kid, "service_name": service_name,
-            "created_at": created_at.isoformat().replace("+00:00", "Z"),
-            "rotate_annotation": rotate_annotation or "",
-        }
-        if keypair.key_size:
-            data["key_size"] = str(keypair.key_size)
+        data = _secret_data(keypair, service_name, rotate_annotation, rotation_reason, created_at)
         with vault_call("write_version", f"writing {mount}/{path}"):
             reply = self._kv.create_or_update_secret(path=path, secret=data, cas=expected_version,
                                                      mount_point=mount)
         return _stored_key(int(reply["data"]["version"]), data)
 
+    def write_pending(self, mount: str, path: str, keypair: KeyPair, *, service_name: str,
+                      rotate_annotation: str | None, rotation_reason: str, created_at: datetime.datetime,
+                      activate_at: datetime.datetime) -> StoredKey:
+        """Stage the next key, to be promoted at ``activate_at``; only if no pending key exists (cas=0).
+
+        Raises VaultWriteConflict when another writer staged one first.
+        """
+        data = _secret_data(keypair, service_name, rotate_annotation, rotation_reason, created_at)
+        data["activate_at"] = _format_time(activate_at)
+        with vault_call("write_version", f"writing {mount}/{pending_path(path)}"):
+            self._kv.create_or_update_secret(path=pending_path(path), secret=data, cas=0, mount_point=mount)
+        return _stored_key(0, data)
+
+    def delete_pending(self, mount: str, path: str) -> None:
+        """Forget the pending key (after its promotion, or when the spec changed under it)."""
+        self._delete(mount, pending_path(path))
+
     def delete(self, mount: str, path: str) -> None:
-        """Delete every version and the metadata (deletionPolicy: Delete)."""
+        """Delete every version, the metadata and any pending key (deletionPolicy: Delete)."""
+        self._delete(mount, pending_path(path))
+        self._delete(mount, path)
+
+    def _delete(self, mount: str, path: str) -> None:
         with vault_call("delete", f"deleting {mount}/{path}"):
             try:
                 self._kv.delete_metadata_and_all_versions(path=path, mount_point=mount)

@@ -22,20 +22,25 @@ class StoredKey:
     service_name: str
     created_at: datetime.datetime
     rotate_annotation: str | None
+    rotation_reason: str = ""
+    activate_at: datetime.datetime | None = None
     private_pem: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
 class KeyHistory:
-    """The current key and the retained previous ones, newest first, plus who owns the path.
+    """The current key, the retained previous ones (newest first), the pending one, and the path's owner.
 
-    ``current_version`` is what a check-and-set write must name (0: nothing written yet).
+    ``current_version`` is what a check-and-set write must name (0: nothing written yet). ``pending``
+    is a key published ahead of use (``rotation.publishAhead``): it lives beside the secret until it
+    is promoted to the next version at ``pending.activate_at``.
     """
 
     owner: str | None
     current_version: int
     current: StoredKey | None
     previous: tuple[StoredKey, ...] = ()
+    pending: StoredKey | None = None
 
     @property
     def is_empty(self) -> bool:
