@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import random
 import sys
 import time
 
@@ -27,6 +28,9 @@ def _run(_: argparse.Namespace) -> int:
         namespaces=config.watch_namespaces,
         standalone=config.peering is None,
         peering_name=config.peering,
+        # Replicas of equal priority all stay active (kopf only warns); distinct random priorities
+        # make exactly one of them the active one.
+        priority=random.randint(1, 2**31 - 1),
         liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz",
         memo=kopf.Memo(config=config),
     )
