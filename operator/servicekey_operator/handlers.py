@@ -50,6 +50,7 @@ class OperatorState:
     locks: dict[ObjectKey, asyncio.Lock] = field(default_factory=dict)
     wakeups: dict[ObjectKey, asyncio.Event] = field(default_factory=dict)
     next_pass_at: dict[ObjectKey, datetime.datetime] = field(default_factory=dict)
+    publishing_elsewhere: set[ObjectKey] = field(default_factory=set)
 
     def wakeup(self, key: ObjectKey) -> asyncio.Event:
         """The event that tells a key's daemon to recompute its sleep."""
@@ -64,6 +65,7 @@ class OperatorState:
         """Drop all per-key state once the ServiceKey is gone."""
         for table in (self.locks, self.wakeups, self.next_pass_at):
             table.pop(key, None)
+        self.publishing_elsewhere.discard(key)
 
 
 def _now() -> datetime.datetime:
@@ -101,7 +103,8 @@ async def run_pass(state: OperatorState, body: Mapping[str, Any], logger: loggin
             desired = _desired(state, body)
             with metrics.reconcile_timer():
                 outcome = await state.reconciler.reconcile(desired, now, published_kid=observed.get("keyId"),
-                                                           expect_pending=bool(observed.get("pendingKeyId")))
+                                                           expect_pending=bool(observed.get("pendingKeyId")),
+                                                           expect_copies=bool(observed.get("publishedNamespaces")))
         except ServiceKeyError as failure:
             metrics.record_failure(key, failure.reason)
             logger.warning(f"{failure.reason}: {failure}")
@@ -117,7 +120,15 @@ async def run_pass(state: OperatorState, body: Mapping[str, Any], logger: loggin
         wake_at = next_pass_time(desired, outcome.history)
         resync = now + datetime.timedelta(seconds=state.config.resync_seconds * random.uniform(0.9, 1.1))
         state.schedule(key, min(wake_at, resync) if wake_at else resync)
-        await _write_status(state, body, ready_status(desired, outcome.history, due, generation, observed, now))
+        if outcome.published_namespaces or outcome.refused or desired.namespace_selector or desired.target_namespaces:
+            state.publishing_elsewhere.add(key)
+        else:
+            state.publishing_elsewhere.discard(key)
+        refused_before = {(r.get("namespace"), r.get("reason")) for r in observed.get("refusedNamespaces") or []}
+        outcome.events += [Event("Warning", "PublishRefused", f"not published to namespace {r.namespace}: {r.reason}")
+                           for r in outcome.refused if (r.namespace, r.reason) not in refused_before]
+        await _write_status(state, body, ready_status(desired, outcome.history, due, generation, observed, now,
+                                                      outcome.published_namespaces, outcome.refused))
         metrics.record_ready(key, outcome, due)
         _post(body, outcome.events)
 
@@ -205,6 +216,16 @@ async def finalize_servicekey(body: kopf.Body, memo: kopf.Memo, logger: logging.
     _post(body, events)
     metrics.forget(key)
     state.forget(key)
+
+
+@kopf.on.event("", "v1", "namespaces")
+async def namespace_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """A namespace appeared, changed its labels or opt-in, or went: re-plan every key that publishes elsewhere."""
+    state: OperatorState = memo.state
+    if event["type"] is None:  # the initial listing: every key runs its own first pass anyway
+        return
+    for key in list(state.publishing_elsewhere):
+        state.schedule(key, _now())
 
 
 @kopf.on.event("", "v1", "configmaps", labels={publish.MANAGED_BY_LABEL: publish.MANAGED_BY})

@@ -21,12 +21,21 @@ class ConfigMapRaced(ServiceKeyError):
     reason = "Rotating"
 
 
+class NamespaceUnavailable(ServiceKeyError):
+    """The target namespace does not exist or is being deleted."""
+
+    reason = "NamespaceTerminating"
+    retryable = False
+
+
 @contextlib.contextmanager
 def translated_errors(what: str) -> Iterator[None]:
     """Turn transport failures and 5xx answers into KubernetesUnavailable, 409 into ConfigMapRaced."""
     try:
         yield
     except ApiException as failed:
+        if failed.status == 404 or (failed.status == 403 and "being terminated" in str(failed.body)):
+            raise NamespaceUnavailable(f"{what}: the namespace is gone or terminating") from failed
         if failed.status == 409:
             raise ConfigMapRaced(f"{what}: conflict, will retry") from failed
         if failed.status is not None and (failed.status >= 500 or failed.status == 429):
@@ -67,6 +76,12 @@ class KubeGateway:
                     return None
                 raise
         return self.client.sanitize_for_serialization(reply)
+
+    def list_configmaps(self, label_selector: str) -> list[dict[str, Any]]:
+        """ConfigMaps in all namespaces that match ``label_selector``, as plain dicts."""
+        with translated_errors(f"listing ConfigMaps {label_selector}"):
+            reply = self.core.list_config_map_for_all_namespaces(label_selector=label_selector)
+        return [self.client.sanitize_for_serialization(item) for item in reply.items]
 
     def create_configmap(self, body: dict[str, Any]) -> str:
         """Create a ConfigMap; return its resourceVersion."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from servicekey_operator.keys import jwk_set
@@ -85,3 +86,79 @@ def needs_update(existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool
         or [ref.get("uid") for ref in existing_meta.get("ownerReferences") or []]
         != [ref["uid"] for ref in wanted_meta.get("ownerReferences") or []]
     )
+
+
+ACCEPT_FROM_ANNOTATION = "servicekey.io/accept-from"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A namespace the public key was not published to, and why."""
+
+    namespace: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class CopyPlan:
+    """Where copies of the ConfigMap go, and where they may not."""
+
+    targets: tuple[str, ...]
+    refused: tuple[Refusal, ...]
+
+
+def _expression_matches(expression: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    key, operator, values = expression["key"], expression["operator"], expression.get("values") or []
+    if operator == "In":
+        return labels.get(key) in values
+    if operator == "NotIn":
+        return labels.get(key) not in values
+    if operator == "Exists":
+        return key in labels
+    return key not in labels  # DoesNotExist
+
+
+def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """Kubernetes LabelSelector semantics: every matchLabels pair and every expression must hold."""
+    return (all(labels.get(key) == value for key, value in (selector.get("matchLabels") or {}).items())
+            and all(_expression_matches(e, labels) for e in selector.get("matchExpressions") or []))
+
+
+def accepts_from(namespace: Mapping[str, Any], source_namespace: str) -> bool:
+    """Whether a namespace opted in to receive public keys from ``source_namespace``.
+
+    The opt-in is the namespace annotation ``servicekey.io/accept-from``: a comma-separated list of
+    source namespaces, or ``*``. Only those who may edit the namespace itself can set it, so a user of
+    the source namespace cannot push objects into namespaces that did not agree.
+    """
+    annotations = (namespace.get("metadata") or {}).get("annotations") or {}
+    accepted = {entry.strip() for entry in annotations.get(ACCEPT_FROM_ANNOTATION, "").split(",")}
+    return "*" in accepted or source_namespace in accepted
+
+
+def plan_copies(desired: DesiredKey, namespaces: list[Mapping[str, Any]]) -> CopyPlan:
+    """Which namespaces get a copy: the listed ones and the selected ones, if they exist and opted in."""
+    by_name = {ns["metadata"]["name"]: ns for ns in namespaces}
+    wanted = set(desired.target_namespaces)
+    if desired.namespace_selector is not None:
+        wanted |= {name for name, ns in by_name.items()
+                   if selector_matches(desired.namespace_selector, (ns["metadata"].get("labels") or {}))}
+    wanted.discard(desired.namespace)
+    targets, refused = [], []
+    for name in sorted(wanted):
+        namespace = by_name.get(name)
+        if namespace is None:
+            refused.append(Refusal(name, "NamespaceNotFound"))
+        elif (namespace.get("status") or {}).get("phase") == "Terminating":
+            refused.append(Refusal(name, "NamespaceTerminating"))
+        elif not accepts_from(namespace, desired.namespace):
+            refused.append(Refusal(name, "NotAccepted"))
+        else:
+            targets.append(name)
+    return CopyPlan(tuple(targets), tuple(refused))
+
+
+def copies_selector(desired: DesiredKey) -> str:
+    """The label selector that finds every copy of this ServiceKey's ConfigMap in other namespaces."""
+    return (f"{MANAGED_BY_LABEL}={MANAGED_BY},{NAME_LABEL}={desired.name},"
+            f"{SOURCE_NAMESPACE_LABEL}={desired.namespace}")

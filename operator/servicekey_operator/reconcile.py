@@ -19,7 +19,7 @@ from servicekey_operator import publish
 from servicekey_operator.errors import ConfigMapConflict, InvalidSpec, VaultPathConflict, VaultWriteConflict
 from servicekey_operator.faults import crash_point
 from servicekey_operator.keys import KeyPair
-from servicekey_operator.kubeapi import KubeGateway
+from servicekey_operator.kubeapi import KubeGateway, NamespaceUnavailable
 from servicekey_operator.spec import DesiredKey
 from servicekey_operator.vault.kv import KvKeyStore
 from servicekey_operator.vault.records import KeyHistory, StoredKey
@@ -147,6 +147,8 @@ class Outcome:
     decision: KeyDecision
     configmap_written: bool = False
     events: list[Event] = field(default_factory=list)
+    published_namespaces: tuple[str, ...] = ()
+    refused: tuple[publish.Refusal, ...] = ()
 
     @property
     def current(self) -> StoredKey:
@@ -177,12 +179,13 @@ class Reconciler:
         self.logger = logger or logging.getLogger(__name__)
 
     async def reconcile(self, desired: DesiredKey, now: datetime.datetime, *, published_kid: str | None = None,
-                        expect_pending: bool = False) -> Outcome:
-        """Bring Vault and the ConfigMap in line with ``desired``; return what was done.
+                        expect_pending: bool = False, expect_copies: bool = False) -> Outcome:
+        """Bring Vault and the ConfigMaps in line with ``desired``; return what was done.
 
         ``published_kid`` is the key id the status last reported (it words the events);
         ``expect_pending`` says the status reported a pending key, so it must be looked for even if
-        ``publishAhead`` has been switched off since.
+        ``publishAhead`` has been switched off since; ``expect_copies`` says the status lists copies in
+        other namespaces, which must be cleaned up even if the spec no longer asks for any.
         """
         if desired.engine != "kv":
             raise InvalidSpec(f"vault.engine {desired.engine!r} is not supported by this operator version")
@@ -198,7 +201,40 @@ class Reconciler:
                                         f"ConfigMap {desired.configmap_name} publishes kid {outcome.current.kid}"
                                         + (f" and pending {outcome.history.pending.kid}"
                                            if outcome.history.pending else "")))
+        if expect_copies or desired.target_namespaces or desired.namespace_selector is not None:
+            outcome.published_namespaces, outcome.refused = await asyncio.to_thread(
+                self._publish_copies, desired, outcome.history)
         return outcome
+
+    def _publish_copies(self, desired: DesiredKey, history: KeyHistory) -> tuple[tuple[str, ...],
+                                                                                  tuple[publish.Refusal, ...]]:
+        """Keep the copies in opted-in namespaces equal to the source; remove those no longer wanted."""
+        plan = publish.plan_copies(desired, self.kube.list_namespaces())
+        published, refused = [], list(plan.refused)
+        for namespace in plan.targets:
+            wanted = publish.desired_configmap(desired, history, namespace)
+            existing = self.kube.read_configmap(namespace, desired.configmap_name)
+            if existing is not None and not publish.is_ours(existing, desired):
+                refused.append(publish.Refusal(namespace, "ConfigMapConflict"))
+                continue
+            try:
+                if existing is None:
+                    self.kube.create_configmap(wanted)
+                elif publish.needs_update(existing, wanted):
+                    self.kube.replace_configmap(wanted, existing["metadata"]["resourceVersion"])
+            except NamespaceUnavailable:  # deleted or terminating since we listed it
+                refused.append(publish.Refusal(namespace, "NamespaceTerminating"))
+                continue
+            published.append(namespace)
+        self._remove_copies(desired, keep=set(published))
+        return tuple(published), tuple(sorted(refused, key=lambda refusal: refusal.namespace))
+
+    def _remove_copies(self, desired: DesiredKey, keep: set[str]) -> None:
+        for copy in self.kube.list_configmaps(publish.copies_selector(desired)):
+            metadata = copy["metadata"]
+            # A copy under a former configMapName goes too, even in a namespace that is kept.
+            if metadata["namespace"] not in keep or metadata["name"] != desired.configmap_name:
+                self.kube.delete_configmap(metadata["namespace"], metadata["name"], metadata["resourceVersion"])
 
     async def _ensure_key(self, desired: DesiredKey, now: datetime.datetime, published_kid: str | None,
                           kids_in_configmap: frozenset[str], with_pending: bool) -> Outcome:
@@ -287,7 +323,9 @@ class Reconciler:
         return True
 
     async def finalize(self, desired: DesiredKey) -> list[Event]:
-        """Clean up on deletion: the Vault secret per deletionPolicy (ConfigMaps go by owner reference)."""
+        """Clean up on deletion: copies in other namespaces (no cross-namespace owner references exist),
+        then the Vault secret per deletionPolicy (the source ConfigMap goes by owner reference)."""
+        await asyncio.to_thread(self._remove_copies, desired, set())
         if desired.deletion_policy != "Delete":
             return []
         location = f"{desired.vault_mount}/{desired.vault_path}"

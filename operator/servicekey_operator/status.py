@@ -6,6 +6,7 @@ import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from servicekey_operator.publish import Refusal
 from servicekey_operator.spec import DesiredKey
 from servicekey_operator.vault.records import KeyHistory
 
@@ -28,7 +29,8 @@ def with_condition(conditions: Sequence[Mapping[str, Any]], *, type_: str, statu
 
 
 def ready_status(desired: DesiredKey, history: KeyHistory, next_rotation: datetime.datetime | None,
-                 generation: int | None, observed: Mapping[str, Any], now: datetime.datetime) -> dict[str, Any]:
+                 generation: int | None, observed: Mapping[str, Any], now: datetime.datetime,
+                 published_namespaces: Sequence[str] = (), refused: Sequence[Refusal] = ()) -> dict[str, Any]:
     """The full status of a ServiceKey whose key is in Vault and published.
 
     While a key is published ahead of use the key still works, so Ready stays True with reason
@@ -51,6 +53,8 @@ def ready_status(desired: DesiredKey, history: KeyHistory, next_rotation: dateti
         "configMapName": desired.configmap_name,
         "vaultPath": f"{desired.vault_mount}/{desired.vault_path}",
         "pendingKeyId": pending.kid if pending else None,
+        "publishedNamespaces": list(published_namespaces) or None,
+        "refusedNamespaces": [{"namespace": r.namespace, "reason": r.reason} for r in refused] or None,
         "conditions": with_condition(observed.get("conditions") or [], type_="Ready", status="True",
                                      reason=reason, message=message, generation=generation, now=now),
     }

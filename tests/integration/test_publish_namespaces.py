@@ -1,0 +1,150 @@
+"""Publishing public keys into other namespaces that opted in (publicKey.namespaces / namespaceSelector)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import kubernetes.client
+import pytest
+from kubernetes.client.rest import ApiException
+
+from servicekey_operator.devcluster.operator_process import OperatorProcess
+from tests.support import ServiceKeys, wait_for
+
+pytestmark = pytest.mark.integration
+ACCEPT = "servicekey.io/accept-from"
+MakeNamespace = Callable[..., str]
+
+
+@pytest.fixture
+def make_namespace(core_api: kubernetes.client.CoreV1Api) -> Iterator[MakeNamespace]:
+    """Create extra namespaces with labels and the opt-in annotation; delete them after the test."""
+    created: list[str] = []
+
+    def make(labels: dict[str, str] | None = None, accept_from: str | None = None) -> str:
+        name = f"t-{uuid.uuid4().hex[:10]}"
+        annotations = {ACCEPT: accept_from} if accept_from else {}
+        core_api.create_namespace({"metadata": {"name": name, "labels": labels or {}, "annotations": annotations}})
+        created.append(name)
+        return name
+
+    yield make
+    for name in created:
+        try:
+            core_api.delete_namespace(name)
+        except ApiException as gone:
+            if gone.status != 404:
+                raise
+
+
+def _copy_kid(servicekeys: ServiceKeys, namespace: str, name: str = "shared-public") -> str | None:
+    configmap = servicekeys.configmap(name, namespace)
+    return configmap.data["kid"] if configmap else None
+
+
+def test_publishes_only_into_namespaces_that_opted_in(operator: OperatorProcess, servicekeys: ServiceKeys,
+                                                      make_namespace: MakeNamespace):
+    accepting = make_namespace(accept_from=servicekeys.namespace)
+    accepting_all = make_namespace(accept_from="*")
+    refusing = make_namespace()
+    other_source_only = make_namespace(accept_from="somebody-else")
+
+    servicekeys.create("shared", {"algorithm": "ES256", "publicKey": {
+        "namespaces": [accepting, accepting_all, refusing, other_source_only, "does-not-exist"]}})
+    status = servicekeys.wait_ready("shared")["status"]
+
+    assert sorted(status["publishedNamespaces"]) == sorted([accepting, accepting_all])
+    assert {(r["namespace"], r["reason"]) for r in status["refusedNamespaces"]} == {
+        (refusing, "NotAccepted"), (other_source_only, "NotAccepted"), ("does-not-exist", "NamespaceNotFound")}
+    source = servicekeys.configmap("shared-public")
+    for namespace in (accepting, accepting_all):
+        copy = servicekeys.configmap("shared-public", namespace)
+        assert copy.data == source.data
+        assert copy.metadata.labels["servicekey.io/source-namespace"] == servicekeys.namespace
+        assert not copy.metadata.owner_references
+    assert servicekeys.configmap("shared-public", refusing) is None
+
+
+def test_copies_follow_the_selector_as_namespaces_are_labelled_and_unlabelled(
+        operator: OperatorProcess, servicekeys: ServiceKeys, make_namespace: MakeNamespace,
+        core_api: kubernetes.client.CoreV1Api):
+    target = make_namespace(accept_from=servicekeys.namespace)
+    servicekeys.create("shared", {"algorithm": "EdDSA", "publicKey": {
+        "namespaceSelector": {"matchLabels": {"team": "checkout"}}}})
+    kid = servicekeys.wait_ready("shared")["status"]["keyId"]
+    assert _copy_kid(servicekeys, target) is None
+
+    core_api.patch_namespace(target, {"metadata": {"labels": {"team": "checkout"}}})
+    wait_for(lambda: _copy_kid(servicekeys, target) == kid, 20, "the copy to appear after labelling")
+
+    core_api.patch_namespace(target, {"metadata": {"labels": {"team": None}}})
+    wait_for(lambda: _copy_kid(servicekeys, target) is None, 20, "the copy to go after unlabelling")
+    wait_for(lambda: not servicekeys.get("shared")["status"].get("publishedNamespaces"), 10, "status to follow")
+
+
+def test_a_foreign_configmap_in_a_target_namespace_is_untouched(operator: OperatorProcess, servicekeys: ServiceKeys,
+                                                                make_namespace: MakeNamespace,
+                                                                core_api: kubernetes.client.CoreV1Api):
+    target = make_namespace(accept_from="*")
+    core_api.create_namespaced_config_map(target, {"metadata": {"name": "shared-public"}, "data": {"mine": "yes"}})
+
+    servicekeys.create("shared", {"algorithm": "ES256", "publicKey": {"namespaces": [target]}})
+    status = servicekeys.wait_ready("shared")["status"]
+
+    assert status["refusedNamespaces"] == [{"namespace": target, "reason": "ConfigMapConflict"}]
+    assert servicekeys.configmap("shared-public", target).data == {"mine": "yes"}
+
+
+def test_rotation_updates_every_copy_and_a_pod_can_mount_it(operator: OperatorProcess, servicekeys: ServiceKeys,
+                                                            make_namespace: MakeNamespace,
+                                                            core_api: kubernetes.client.CoreV1Api):
+    targets = [make_namespace(accept_from=servicekeys.namespace) for _ in range(2)]
+    servicekeys.create("shared", {"algorithm": "ES256", "publicKey": {"namespaces": targets}})
+    old_kid = servicekeys.wait_ready("shared")["status"]["keyId"]
+
+    servicekeys.patch("shared", {"metadata": {"annotations": {"servicekey.io/rotate": "now"}}})
+    new_kid = servicekeys.wait_new_kid("shared", old_kid)["status"]["keyId"]
+
+    for namespace in targets:
+        wait_for(lambda ns=namespace: _copy_kid(servicekeys, ns) == new_kid, 10, f"the copy in {namespace} to rotate")
+    assert servicekeys.kids("shared-public") == [new_kid, old_kid]
+    wait_for(lambda: core_api.list_namespaced_service_account(targets[0]).items, 30, "the default ServiceAccount")
+    pod = core_api.create_namespaced_pod(targets[0], {
+        "metadata": {"name": "verifier"},
+        "spec": {"containers": [{"name": "verifier", "image": "example.invalid/verifier:1",
+                                 "volumeMounts": [{"name": "keys", "mountPath": "/etc/servicekey"}]}],
+                 "volumes": [{"name": "keys", "configMap": {"name": "shared-public"}}]}})
+    assert pod.spec.volumes[0].config_map.name == "shared-public"
+
+
+def test_deleting_the_servicekey_removes_every_copy(operator: OperatorProcess, servicekeys: ServiceKeys,
+                                                    make_namespace: MakeNamespace):
+    targets = [make_namespace(accept_from="*") for _ in range(2)]
+    servicekeys.create("shared", {"algorithm": "ES256", "publicKey": {"namespaces": targets}})
+    servicekeys.wait_ready("shared")
+
+    servicekeys.delete("shared")
+    servicekeys.wait_gone("shared")
+
+    for namespace in targets:
+        assert servicekeys.configmap("shared-public", namespace) is None
+
+
+def test_deleting_a_target_namespace_does_not_wedge_the_operator(operator: OperatorProcess,
+                                                                 servicekeys: ServiceKeys,
+                                                                 make_namespace: MakeNamespace,
+                                                                 core_api: kubernetes.client.CoreV1Api):
+    target = make_namespace(accept_from="*")
+    servicekeys.create("shared", {"algorithm": "ES256", "publicKey": {"namespaces": [target]}})
+    assert servicekeys.wait_ready("shared")["status"]["publishedNamespaces"] == [target]
+
+    core_api.delete_namespace(target)
+
+    def refused_as_gone() -> bool:
+        status = servicekeys.get("shared")["status"]
+        reasons = {r["reason"] for r in status.get("refusedNamespaces") or []}
+        return not status.get("publishedNamespaces") and bool(reasons & {"NamespaceNotFound", "NamespaceTerminating"})
+    wait_for(refused_as_gone, 60, "status to report the deleted namespace")
+    servicekeys.create("after", {"algorithm": "EdDSA"})
+    servicekeys.wait_ready("after")

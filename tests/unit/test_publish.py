@@ -1,0 +1,81 @@
+"""The ConfigMap projection and the cross-namespace plan (pure)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+import pytest
+
+from servicekey_operator import publish
+from servicekey_operator.config import OperatorConfig, VaultSettings
+from servicekey_operator.keys import generate_keypair
+from servicekey_operator.spec import desired_key
+from servicekey_operator.vault.records import KeyHistory, StoredKey
+
+CONFIG = OperatorConfig(vault=VaultSettings(addr="http://127.0.0.1:8200", token="t"))
+T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+
+
+def _stored(version: int) -> StoredKey:
+    pair = generate_keypair("EdDSA")
+    return StoredKey(version=version, kid=pair.kid, algorithm="EdDSA", key_size=None, public_pem=pair.public_pem,
+                     service_name="sk", created_at=T0, rotate_annotation=None, private_pem=pair.private_pem)
+
+
+def _namespace(name: str, labels: dict | None = None, accept: str | None = None, phase: str = "Active") -> dict:
+    annotations = {publish.ACCEPT_FROM_ANNOTATION: accept} if accept is not None else {}
+    return {"metadata": {"name": name, "labels": labels or {}, "annotations": annotations},
+            "status": {"phase": phase}}
+
+
+@pytest.mark.parametrize(("selector", "labels", "matches"), [
+    ({}, {}, True),
+    ({"matchLabels": {"team": "a"}}, {"team": "a", "x": "y"}, True),
+    ({"matchLabels": {"team": "a"}}, {"team": "b"}, False),
+    ({"matchExpressions": [{"key": "env", "operator": "In", "values": ["prod", "stage"]}]}, {"env": "stage"}, True),
+    ({"matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["prod"]}]}, {"env": "prod"}, False),
+    ({"matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["prod"]}]}, {}, True),
+    ({"matchExpressions": [{"key": "env", "operator": "Exists"}]}, {}, False),
+    ({"matchExpressions": [{"key": "env", "operator": "DoesNotExist"}]}, {}, True),
+    ({"matchLabels": {"team": "a"}, "matchExpressions": [{"key": "env", "operator": "Exists"}]}, {"team": "a"},
+     False),
+])
+def test_label_selector_semantics(selector, labels, matches):
+    assert publish.selector_matches(selector, labels) is matches
+
+
+def test_the_plan_publishes_only_to_existing_active_namespaces_that_accept_the_source():
+    desired = desired_key("src", "sk", "uid", {"publicKey": {
+        "namespaces": ["listed", "silent", "missing", "src"], "namespaceSelector": {"matchLabels": {"team": "x"}}}},
+        {}, CONFIG)
+    namespaces = [_namespace("listed", accept="src"), _namespace("silent"),
+                  _namespace("selected", {"team": "x"}, accept="other, src"),
+                  _namespace("selected-all", {"team": "x"}, accept="*"),
+                  _namespace("leaving", {"team": "x"}, accept="*", phase="Terminating"),
+                  _namespace("unrelated", accept="*"), _namespace("src", {"team": "x"})]
+
+    plan = publish.plan_copies(desired, namespaces)
+
+    assert plan.targets == ("listed", "selected", "selected-all")
+    assert plan.refused == (publish.Refusal("leaving", "NamespaceTerminating"),
+                            publish.Refusal("missing", "NamespaceNotFound"), publish.Refusal("silent", "NotAccepted"))
+
+
+def test_jwks_lists_current_then_pending_then_retained_and_copies_carry_no_owner_reference():
+    current, older, oldest, pending = _stored(3), _stored(2), _stored(1), _stored(0)
+    history = KeyHistory("src/sk", 3, current, (older, oldest), pending)
+    desired = desired_key("src", "sk", "uid", {"rotation": {"retainPrevious": 1}}, {}, CONFIG)
+
+    source = publish.desired_configmap(desired, history)
+    copy = publish.desired_configmap(desired, history, "elsewhere")
+
+    kids = [key["kid"] for key in json.loads(source["data"]["jwks.json"])["keys"]]
+    assert kids == [current.kid, pending.kid, older.kid]
+    assert source["data"]["kid"] == current.kid
+    assert source["metadata"]["ownerReferences"][0]["uid"] == "uid"
+    assert "ownerReferences" not in copy["metadata"]
+    assert copy["metadata"]["labels"][publish.SOURCE_NAMESPACE_LABEL] == "src"
+    assert copy["data"] == source["data"]
+    assert publish.is_ours(copy, desired) and publish.is_ours(source, desired)
+    assert not publish.is_ours(copy, desired_key("other", "sk", "uid", {}, {}, CONFIG))
