@@ -26,6 +26,7 @@ from servicekey_operator.spec import DesiredKey, desired_key
 from servicekey_operator.status import differs, failed_status, ready_status
 from servicekey_operator.vault.connection import VaultConnection
 from servicekey_operator.vault.kv import KvKeyStore
+from servicekey_operator.vault.transit import TransitKeys
 
 GROUP, VERSION, PLURAL = publish.API_GROUP, publish.API_VERSION, "servicekeys"
 MAX_BACKOFF_SECONDS = 300.0
@@ -155,7 +156,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     settings.posting.level = logging.INFO
     keygen = KeyGenerator()
     kube = KubeGateway(api_client())
-    reconciler = Reconciler(KvKeyStore(VaultConnection(config.vault)), kube, keygen, logger)
+    connection = VaultConnection(config.vault)
+    reconciler = Reconciler(KvKeyStore(connection), TransitKeys(connection), kube, keygen, logger)
     memo.state = OperatorState(config=config, reconciler=reconciler, kube=kube, keygen=keygen)
     metrics.serve(config.metrics_port)
     logger.info(f"servicekey-operator configured: Vault {config.vault.addr} ({config.vault.auth_method} auth), "

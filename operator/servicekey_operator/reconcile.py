@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from servicekey_operator import publish
-from servicekey_operator.errors import ConfigMapConflict, InvalidSpec, VaultPathConflict, VaultWriteConflict
+from servicekey_operator.errors import ConfigMapConflict, VaultPathConflict, VaultWriteConflict
 from servicekey_operator.faults import crash_point
 from servicekey_operator.keys import KeyPair
 from servicekey_operator.kubeapi import KubeGateway, NamespaceUnavailable
 from servicekey_operator.spec import DesiredKey
-from servicekey_operator.vault.kv import KvKeyStore
-from servicekey_operator.vault.records import KeyHistory, StoredKey
+from servicekey_operator.vault.kv import KV_MAX_VERSIONS, KvKeyStore
+from servicekey_operator.vault.records import KeyHistory, StoredKey, TransitRef
+from servicekey_operator.vault.transit import TransitKeys, transit_key_name
 
 Keygen = Callable[[str, int | None], Awaitable[KeyPair]]
 _CAS_ATTEMPTS = 3
@@ -74,14 +75,14 @@ def next_pass_time(desired: DesiredKey, history: KeyHistory) -> datetime.datetim
     return due - datetime.timedelta(seconds=desired.rotation.publish_ahead_seconds)
 
 
-def _spec_of(key: StoredKey) -> tuple[str, int | None]:
-    return key.algorithm, key.key_size
+def _spec_of(key: StoredKey) -> tuple[str, str, int | None]:
+    return key.engine, key.algorithm, key.key_size
 
 
 def _trigger(desired: DesiredKey, history: KeyHistory, now: datetime.datetime) -> str | None:
     current = history.current
     assert current is not None
-    if _spec_of(current) != (desired.algorithm, desired.key_size):
+    if _spec_of(current) != (desired.engine, desired.algorithm, desired.key_size):
         return "SpecChanged"
     if desired.rotate_request is not None and desired.rotate_request != current.rotate_annotation:
         return "Requested"
@@ -106,7 +107,7 @@ def decide_key(desired: DesiredKey, history: KeyHistory, published_kids: frozens
     if pending is not None:
         if pending.kid == current.kid:
             return KeyDecision(KeyAction.CLEAR_PENDING, "Rotating")
-        if _spec_of(pending) == (desired.algorithm, desired.key_size):
+        if _spec_of(pending) == (desired.engine, desired.algorithm, desired.key_size):
             activate_at = pending.activate_at or now
             if now >= activate_at and pending.kid in published_kids:
                 return KeyDecision(KeyAction.PROMOTE, pending.rotation_reason or "Scheduled")
@@ -171,9 +172,10 @@ def _keypair_of(key: StoredKey) -> KeyPair:
 class Reconciler:
     """Carries out decisions for ServiceKeys against one key store and one Kubernetes API."""
 
-    def __init__(self, store: KvKeyStore, kube: KubeGateway, keygen: Keygen,
+    def __init__(self, store: KvKeyStore, transit: TransitKeys, kube: KubeGateway, keygen: Keygen,
                  logger: logging.Logger | None = None) -> None:
         self.store = store
+        self.transit = transit
         self.kube = kube
         self.keygen = keygen
         self.logger = logger or logging.getLogger(__name__)
@@ -187,8 +189,6 @@ class Reconciler:
         ``publishAhead`` has been switched off since; ``expect_copies`` says the status lists copies in
         other namespaces, which must be cleaned up even if the spec no longer asks for any.
         """
-        if desired.engine != "kv":
-            raise InvalidSpec(f"vault.engine {desired.engine!r} is not supported by this operator version")
         existing = await asyncio.to_thread(self.kube.read_configmap, desired.namespace, desired.configmap_name)
         if existing is not None and not publish.is_ours(existing, desired):
             raise ConfigMapConflict(f"ConfigMap {desired.namespace}/{desired.configmap_name} exists and is "
@@ -239,7 +239,7 @@ class Reconciler:
     async def _ensure_key(self, desired: DesiredKey, now: datetime.datetime, published_kid: str | None,
                           kids_in_configmap: frozenset[str], with_pending: bool) -> Outcome:
         for _attempt in range(_CAS_ATTEMPTS):
-            history = await asyncio.to_thread(self.store.read, desired.vault_mount, desired.vault_path,
+            history = await asyncio.to_thread(self.store.read, desired.record_mount, desired.vault_path,
                                               desired.owner_id, desired.rotation.retain_previous,
                                               with_pending=with_pending)
             decision = decide_key(desired, history, kids_in_configmap, now)
@@ -253,7 +253,7 @@ class Reconciler:
 
     async def _carry_out(self, desired: DesiredKey, history: KeyHistory, decision: KeyDecision,
                          now: datetime.datetime, published_kid: str | None) -> Outcome:
-        mount, path = desired.vault_mount, desired.vault_path
+        mount, path = desired.record_mount, desired.vault_path
         if decision.action is KeyAction.KEEP:
             events = []
             if published_kid is None and history.current is not None:
@@ -270,6 +270,9 @@ class Reconciler:
                                               history.pending.rotate_annotation, decision.reason,
                                               history.pending.activate_at or now)
             await asyncio.to_thread(self.store.delete_pending, mount, path)
+            return self._rotated(history, written, decision)
+        if desired.engine == "transit":
+            written = await asyncio.to_thread(self._rotate_transit, desired, history, decision.reason, now)
             return self._rotated(history, written, decision)
         keypair = await self.keygen(desired.algorithm, desired.key_size)
         if history.pending is not None:
@@ -300,14 +303,33 @@ class Reconciler:
             event = Event("Normal", "Generated", f"generated {written.algorithm} key {written.kid}")
         return Outcome(_with_new_current(history, written), decision, events=[event])
 
-    def _write(self, desired: DesiredKey, history: KeyHistory, keypair: KeyPair, rotate_annotation: str | None,
-               reason: str, created_at: datetime.datetime) -> StoredKey:
+    def _rotate_transit(self, desired: DesiredKey, history: KeyHistory, reason: str,
+                        now: datetime.datetime) -> StoredKey:
+        name = transit_key_name(desired.vault_path, desired.algorithm, desired.key_size)
+        known = history.current.transit if history.current and history.current.transit else None
+        known_version = known.version if known and known.key_name == name else 0
+        # A Transit key with no record claimed by us was made by someone else. The claim comes before
+        # the key is created, so a crash in between still leaves our own key recognisable.
+        if history.owner != desired.owner_id and self.transit.exists(desired.vault_mount, name):
+            raise VaultPathConflict(f"transit key {desired.vault_mount}/{name} exists but was not created by this "
+                                    "operator; it is left untouched")
+        self._claim(desired, history)
+        keypair, transit = self.transit.new_version(desired.vault_mount, desired.algorithm, desired.key_size,
+                                                    desired.vault_path, known_version,
+                                                    desired.rotation.retain_previous)
+        return self._write(desired, history, keypair, desired.rotate_request, reason, now, transit)
+
+    def _claim(self, desired: DesiredKey, history: KeyHistory) -> None:
         if history.owner != desired.owner_id:
-            self.store.claim(desired.vault_mount, desired.vault_path, desired.owner_id)
-        written = self.store.write(desired.vault_mount, desired.vault_path, keypair,
+            self.store.claim(desired.record_mount, desired.vault_path, desired.owner_id)
+
+    def _write(self, desired: DesiredKey, history: KeyHistory, keypair: KeyPair, rotate_annotation: str | None,
+               reason: str, created_at: datetime.datetime, transit: TransitRef | None = None) -> StoredKey:
+        self._claim(desired, history)
+        written = self.store.write(desired.record_mount, desired.vault_path, keypair,
                                    service_name=desired.service_name, rotate_annotation=rotate_annotation,
                                    rotation_reason=reason, created_at=created_at,
-                                   expected_version=history.current_version)
+                                   expected_version=history.current_version, transit=transit)
         crash_point("vault-write")
         return written
 
@@ -324,15 +346,19 @@ class Reconciler:
 
     async def finalize(self, desired: DesiredKey) -> list[Event]:
         """Clean up on deletion: copies in other namespaces (no cross-namespace owner references exist),
-        then the Vault secret per deletionPolicy (the source ConfigMap goes by owner reference)."""
+        then the Vault secret (and Transit keys) per deletionPolicy (the source ConfigMap goes by owner
+        reference)."""
         await asyncio.to_thread(self._remove_copies, desired, set())
         if desired.deletion_policy != "Delete":
             return []
-        location = f"{desired.vault_mount}/{desired.vault_path}"
+        location = f"{desired.record_mount}/{desired.vault_path}"
         try:
-            await asyncio.to_thread(self.store.read, desired.vault_mount, desired.vault_path, desired.owner_id, 0,
-                                    with_pending=False)
+            history = await asyncio.to_thread(self.store.read, desired.record_mount, desired.vault_path,
+                                              desired.owner_id, KV_MAX_VERSIONS, with_pending=False)
         except VaultPathConflict:
             return [Event("Warning", "DeleteSkipped", f"{location} is not ours; left in Vault")]
-        await asyncio.to_thread(self.store.delete, desired.vault_mount, desired.vault_path)
+        keys = [history.current, *history.previous] if history.current else []
+        for transit_key in sorted({key.transit.key_name for key in keys if key.transit}):
+            await asyncio.to_thread(self.transit.delete, desired.vault_mount, transit_key)
+        await asyncio.to_thread(self.store.delete, desired.record_mount, desired.vault_path)
         return [Event("Normal", "Deleted", f"deleted {location} from Vault")]

@@ -64,6 +64,7 @@ class DesiredKey:
     engine: str
     vault_mount: str
     vault_path: str
+    record_mount: str
     configmap_name: str
     rotation: RotationPolicy
     deletion_policy: str
@@ -75,11 +76,6 @@ class DesiredKey:
     def owner_id(self) -> str:
         """How Vault metadata names the ServiceKey that owns a secret."""
         return f"{self.namespace}/{self.name}"
-
-    @property
-    def key_spec(self) -> str:
-        """The part of the spec whose change means a new key (algorithm, size, engine)."""
-        return f"{self.engine}:{self.algorithm}:{self.key_size or ''}"
 
 
 def desired_key(namespace: str, name: str, uid: str, spec: Mapping[str, Any],
@@ -106,6 +102,9 @@ def desired_key(namespace: str, name: str, uid: str, spec: Mapping[str, Any],
     default_mount = config.kv_mount if engine == "kv" else config.transit_mount
     mount = _vault_path(vault.get("mount") or default_mount, "vault.mount")
     path = _vault_path(vault.get("path") or f"{config.path_prefix}/{namespace}/{name}", "vault.path")
+    if engine == "transit" and publish_ahead_seconds > 0:
+        raise InvalidSpec("rotation.publishAhead is not supported with vault.engine transit: Transit signs with "
+                          "a new key version as soon as it exists")
     if not (path == config.path_prefix or path.startswith(config.path_prefix + "/")):
         raise InvalidSpec(f"vault.path {path!r} is outside the operator's prefix {config.path_prefix!r}/")
     public_key = spec.get("publicKey") or {}
@@ -114,6 +113,8 @@ def desired_key(namespace: str, name: str, uid: str, spec: Mapping[str, Any],
         service_name=spec.get("serviceName") or name,
         algorithm=algorithm, key_size=key_size, engine=engine,
         vault_mount=mount, vault_path=path,
+        # Transit keys keep their record (history, rotation requests, ownership) in KV.
+        record_mount=mount if engine == "kv" else config.kv_mount,
         configmap_name=public_key.get("configMapName") or f"{name}-public",
         rotation=RotationPolicy(period_seconds, retain_previous, publish_ahead_seconds),
         deletion_policy=spec.get("deletionPolicy", "Retain"),

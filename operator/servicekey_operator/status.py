@@ -51,7 +51,8 @@ def ready_status(desired: DesiredKey, history: KeyHistory, next_rotation: dateti
         "lastRotationTime": rfc3339(current.created_at),
         "nextRotationTime": rfc3339(next_rotation) if next_rotation else None,
         "configMapName": desired.configmap_name,
-        "vaultPath": f"{desired.vault_mount}/{desired.vault_path}",
+        "vaultPath": (f"{desired.vault_mount}/keys/{current.transit.key_name}" if current.transit
+                      else f"{desired.vault_mount}/{desired.vault_path}"),
         "pendingKeyId": pending.kid if pending else None,
         "publishedNamespaces": list(published_namespaces) or None,
         "refusedNamespaces": [{"namespace": r.namespace, "reason": r.reason} for r in refused] or None,

@@ -2,12 +2,17 @@
 
 Secret data per version (DESIGN.md): private_key, public_key, algorithm, key_size, kid, service_name,
 created_at; plus rotate_annotation, the value of ``servicekey.io/rotate`` that the version answered,
-so that a rotation request is recorded in the same atomic write that fulfils it.
+so that a rotation request is recorded in the same atomic write that fulfils it, and rotation_reason.
+
+For Transit keys the same secret is the key's record without ``private_key``: ``engine: transit``,
+``transit_key`` and ``transit_version`` say where the private half lives. KV versions stay the key
+history, and the check-and-set write of the record is what makes a rotation happen exactly once.
 """
 
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 import hvac.exceptions
 
@@ -20,6 +25,7 @@ from servicekey_operator.vault.records import (
     OWNER_METADATA_KEY,
     KeyHistory,
     StoredKey,
+    TransitRef,
 )
 
 # Keep more versions than the largest retainPrevious (10) so history outlives the JWKS window.
@@ -45,24 +51,31 @@ def _parse_time(text: str) -> datetime.datetime:
 def _stored_key(version: int, data: dict[str, str]) -> StoredKey:
     key_size = data.get("key_size")
     activate_at = data.get("activate_at")
+    transit = None
+    if data.get("engine") == "transit":
+        transit = TransitRef(key_name=data["transit_key"], version=int(data["transit_version"]))
     return StoredKey(
         version=version, kid=data["kid"], algorithm=data["algorithm"],
         key_size=int(key_size) if key_size else None, public_pem=data["public_key"],
         service_name=data.get("service_name", ""), created_at=_parse_time(data["created_at"]),
         rotate_annotation=data.get("rotate_annotation") or None,
         rotation_reason=data.get("rotation_reason", ""),
-        activate_at=_parse_time(activate_at) if activate_at else None, private_pem=data["private_key"],
+        activate_at=_parse_time(activate_at) if activate_at else None, transit=transit,
+        private_pem=data.get("private_key", ""),
     )
 
 
 def _secret_data(keypair: KeyPair, service_name: str, rotate_annotation: str | None, rotation_reason: str,
-                 created_at: datetime.datetime) -> dict[str, str]:
+                 created_at: datetime.datetime, transit: TransitRef | None = None) -> dict[str, str]:
     data = {
-        "private_key": keypair.private_pem, "public_key": keypair.public_pem,
-        "algorithm": keypair.algorithm, "kid": keypair.kid, "service_name": service_name,
-        "created_at": _format_time(created_at), "rotate_annotation": rotate_annotation or "",
-        "rotation_reason": rotation_reason,
+        "public_key": keypair.public_pem, "algorithm": keypair.algorithm, "kid": keypair.kid,
+        "service_name": service_name, "created_at": _format_time(created_at),
+        "rotate_annotation": rotate_annotation or "", "rotation_reason": rotation_reason,
     }
+    if transit is None:
+        data["private_key"] = keypair.private_pem
+    else:
+        data.update(engine="transit", transit_key=transit.key_name, transit_version=str(transit.version))
     if keypair.key_size:
         data["key_size"] = str(keypair.key_size)
     return data
@@ -75,7 +88,7 @@ class KvKeyStore:
         self.connection = connection
 
     @property
-    def _kv(self):
+    def _kv(self) -> Any:  # hvac's KvV2 has no public type
         return self.connection.client.secrets.kv.v2
 
     def _metadata(self, mount: str, path: str) -> dict | None:
@@ -136,12 +149,14 @@ class KvKeyStore:
                                                       OWNER_METADATA_KEY: owner})
 
     def write(self, mount: str, path: str, keypair: KeyPair, *, service_name: str, rotate_annotation: str | None,
-              rotation_reason: str, created_at: datetime.datetime, expected_version: int) -> StoredKey:
+              rotation_reason: str, created_at: datetime.datetime, expected_version: int,
+              transit: TransitRef | None = None) -> StoredKey:
         """Write a new key version if the current version is still ``expected_version`` (check-and-set).
 
-        Raises VaultWriteConflict when another writer got there first.
+        ``transit`` records a Transit key instead of the private key itself. Raises VaultWriteConflict
+        when another writer got there first.
         """
-        data = _secret_data(keypair, service_name, rotate_annotation, rotation_reason, created_at)
+        data = _secret_data(keypair, service_name, rotate_annotation, rotation_reason, created_at, transit)
         with vault_call("write_version", f"writing {mount}/{path}"):
             reply = self._kv.create_or_update_secret(path=path, secret=data, cas=expected_version,
                                                      mount_point=mount)

@@ -11,6 +11,14 @@ MANAGED_BY = "servicekey-operator"
 
 
 @dataclass(frozen=True)
+class TransitRef:
+    """Where a key generated inside Vault's Transit engine lives: key name and key version."""
+
+    key_name: str
+    version: int
+
+
+@dataclass(frozen=True)
 class StoredKey:
     """One key version as Vault holds it; ``private_pem`` never appears in a repr."""
 
@@ -24,7 +32,13 @@ class StoredKey:
     rotate_annotation: str | None
     rotation_reason: str = ""
     activate_at: datetime.datetime | None = None
+    transit: TransitRef | None = None
     private_pem: str = field(default="", repr=False)
+
+    @property
+    def engine(self) -> str:
+        """``transit`` when the private key never left Vault's Transit engine, else ``kv``."""
+        return "transit" if self.transit else "kv"
 
 
 @dataclass(frozen=True)

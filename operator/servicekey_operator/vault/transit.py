@@ -1,0 +1,102 @@
+"""Keys that never leave Vault: non-exportable Transit keys, one per ServiceKey and key type.
+
+Transit has no check-and-set and no per-version metadata, so the KV record (vault/kv.py) stays the
+source of truth for history and rotation requests; this module only makes sure the Transit key has
+the version the record is about to name, without rotating twice for one record.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import hvac.exceptions
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from servicekey_operator.keys import KeyPair, is_rsa, kid_for
+from servicekey_operator.vault.connection import VaultConnection, vault_call
+from servicekey_operator.vault.records import TransitRef
+
+_CURVE_KEY_TYPES = {"ES256": "ecdsa-p256", "ES384": "ecdsa-p384", "ES512": "ecdsa-p521", "EdDSA": "ed25519"}
+
+
+def transit_key_type(algorithm: str, key_size: int | None) -> str:
+    """The Transit key type for a JWS algorithm (RS*/PS* share the RSA type of their size)."""
+    return f"rsa-{key_size}" if is_rsa(algorithm) else _CURVE_KEY_TYPES[algorithm]
+
+
+def transit_key_name(path: str, algorithm: str, key_size: int | None) -> str:
+    """``servicekeys/ns/name`` → ``servicekeys.ns.name.ecdsa-p256``.
+
+    Transit names cannot hold '/', and namespaces cannot hold '.', so the name is unambiguous. The
+    key type is part of it because a Transit key's type is fixed: an algorithm change needs a new key.
+    """
+    return f"{path.replace('/', '.')}.{transit_key_type(algorithm, key_size)}"
+
+
+def _spki_pem(public_key: str, key_type: str) -> str:
+    if key_type != "ed25519":
+        return public_key
+    # Transit returns Ed25519 public keys as base64 of the raw 32 bytes, not as PEM.
+    raw = ed25519.Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key))
+    return raw.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+class TransitKeys:
+    """Create, rotate, restrict and delete Transit signing keys."""
+
+    def __init__(self, connection: VaultConnection) -> None:
+        self.connection = connection
+
+    @property
+    def _transit(self) -> Any:  # hvac's Transit has no public type
+        return self.connection.client.secrets.transit
+
+    def _read(self, mount: str, name: str) -> dict | None:
+        with vault_call("transit_read", f"reading transit key {mount}/{name}"):
+            try:
+                return self._transit.read_key(name=name, mount_point=mount)["data"]
+            except hvac.exceptions.InvalidPath:
+                return None
+
+    def exists(self, mount: str, name: str) -> bool:
+        """Whether a Transit key of that name exists."""
+        return self._read(mount, name) is not None
+
+    def new_version(self, mount: str, algorithm: str, key_size: int | None, path: str, known_version: int,
+                    retain_previous: int) -> tuple[KeyPair, TransitRef]:
+        """Make sure the key has a version newer than ``known_version`` and return its public half.
+
+        A version newer than the record knows already exists after a crash between the rotation and
+        the record's write; it is used as it is, so one request never rotates twice.
+        """
+        name = transit_key_name(path, algorithm, key_size)
+        key_type = transit_key_type(algorithm, key_size)
+        key = self._read(mount, name)
+        if key is None:
+            with vault_call("transit_write", f"creating transit key {mount}/{name}"):
+                self._transit.create_key(name=name, key_type=key_type, exportable=False,
+                                         allow_plaintext_backup=False, mount_point=mount)
+        elif int(key["latest_version"]) <= known_version:
+            with vault_call("transit_write", f"rotating transit key {mount}/{name}"):
+                self._transit.rotate_key(name=name, mount_point=mount)
+        key = self._read(mount, name)
+        assert key is not None
+        version = int(key["latest_version"])
+        # Verification inside Vault honours min_decryption_version: keep what the JWKS retains.
+        with vault_call("transit_write", f"configuring transit key {mount}/{name}"):
+            self._transit.update_key_configuration(name=name, mount_point=mount,
+                                                   min_decryption_version=max(1, version - retain_previous))
+        public_pem = _spki_pem(key["keys"][str(version)]["public_key"], key_type)
+        keypair = KeyPair(algorithm=algorithm, key_size=key_size, private_pem="", public_pem=public_pem,
+                          kid=kid_for(public_pem))
+        return keypair, TransitRef(key_name=name, version=version)
+
+    def delete(self, mount: str, name: str) -> None:
+        """Delete a Transit key (they refuse deletion until ``deletion_allowed`` is set)."""
+        if self._read(mount, name) is None:
+            return
+        with vault_call("transit_write", f"deleting transit key {mount}/{name}"):
+            self._transit.update_key_configuration(name=name, deletion_allowed=True, mount_point=mount)
+            self._transit.delete_key(name=name, mount_point=mount)
