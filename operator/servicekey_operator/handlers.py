@@ -52,6 +52,7 @@ class OperatorState:
     wakeups: dict[ObjectKey, asyncio.Event] = field(default_factory=dict)
     next_pass_at: dict[ObjectKey, datetime.datetime] = field(default_factory=dict)
     publishing_elsewhere: set[ObjectKey] = field(default_factory=set)
+    consecutive_failures: dict[ObjectKey, int] = field(default_factory=dict)
 
     def wakeup(self, key: ObjectKey) -> asyncio.Event:
         """The event that tells a key's daemon to recompute its sleep."""
@@ -64,7 +65,7 @@ class OperatorState:
 
     def forget(self, key: ObjectKey) -> None:
         """Drop all per-key state once the ServiceKey is gone."""
-        for table in (self.locks, self.wakeups, self.next_pass_at):
+        for table in (self.locks, self.wakeups, self.next_pass_at, self.consecutive_failures):
             table.pop(key, None)
         self.publishing_elsewhere.discard(key)
 
@@ -92,8 +93,12 @@ def _desired(state: OperatorState, body: Mapping[str, Any]) -> DesiredKey:
 
 
 async def run_pass(state: OperatorState, body: Mapping[str, Any], logger: logging.Logger,
-                   retry: int = 0, *, raise_for_retry: bool = True) -> None:
-    """One reconcile pass for one ServiceKey, with status, events and error mapping."""
+                   *, raise_for_retry: bool = True) -> None:
+    """One reconcile pass for one ServiceKey, with status, events and error mapping.
+
+    Failures back off exponentially per key, whichever path (handler or daemon) hit them; a success
+    resets the count.
+    """
     meta = body["metadata"]
     key: ObjectKey = (meta["namespace"], meta["name"])
     generation = meta.get("generation")
@@ -107,16 +112,18 @@ async def run_pass(state: OperatorState, body: Mapping[str, Any], logger: loggin
                                                            expect_pending=bool(observed.get("pendingKeyId")),
                                                            expect_copies=bool(observed.get("publishedNamespaces")))
         except ServiceKeyError as failure:
+            failures = state.consecutive_failures[key] = state.consecutive_failures.get(key, 0) + 1
+            delay = backoff_seconds(failures - 1) if failure.retryable else CONFLICT_RECHECK_SECONDS
             metrics.record_failure(key, failure.reason)
             logger.warning(f"{failure.reason}: {failure}")
             await _write_status(state, body, failed_status(failure.reason, str(failure), generation, observed, now))
             if _ready_reason(observed) != failure.reason:  # one Warning per new problem, not per retry
                 _post(body, [Event("Warning", failure.reason, str(failure))])
             if failure.retryable and raise_for_retry:
-                raise kopf.TemporaryError(str(failure), delay=backoff_seconds(retry)) from failure
-            delay = backoff_seconds(retry) if failure.retryable else CONFLICT_RECHECK_SECONDS
+                raise kopf.TemporaryError(str(failure), delay=delay) from failure
             state.schedule(key, now + datetime.timedelta(seconds=delay))
             return
+        state.consecutive_failures.pop(key, None)
         due = next_rotation_time(desired, outcome.history)
         wake_at = next_pass_time(desired, outcome.history)
         resync = now + datetime.timedelta(seconds=state.config.resync_seconds * random.uniform(0.9, 1.1))
@@ -173,10 +180,9 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-async def reconcile_servicekey(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, retry: int,
-                               **_: Any) -> None:
+async def reconcile_servicekey(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     """Create, update, resume: one reconcile pass."""
-    await run_pass(memo.state, body, logger, retry)
+    await run_pass(memo.state, body, logger)
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)

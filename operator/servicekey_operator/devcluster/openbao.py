@@ -71,11 +71,14 @@ disable_mlock = true
         self.process.wait_ready(self._answers, timeout_seconds=60)
         if self.persistent:
             client = self.client()
+            generated_root = None
             if not client.sys.is_initialized():
                 init = client.sys.initialize(secret_shares=1, secret_threshold=1)
-                self._unseal_key = init["keys"][0]
-                self._set_root_token(init["root_token"])
+                self._unseal_key, generated_root = init["keys"][0], init["root_token"]
             self.unseal()
+            self.process.wait_ready(self._unsealed, timeout_seconds=60)
+            if generated_root:
+                self._set_root_token(generated_root)
         self.process.wait_ready(self._unsealed, timeout_seconds=60)
         self._mount_engines()
 
