@@ -9,12 +9,9 @@ values table is in step with values.yaml, and deploy/kustomize/base is the chart
 
 from __future__ import annotations
 
-import copy
 import json
-import os
 import re
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,213 +19,30 @@ from typing import Any
 import pytest
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CHART_DIR = REPO_ROOT / "charts" / "servicekey-operator"
-SOURCE_CRD = REPO_ROOT / "crds" / "servicekey.io_servicekeys.yaml"
-CHART_CRD = CHART_DIR / "crds" / "servicekey.io_servicekeys.yaml"
-KUSTOMIZE_BASE = REPO_ROOT / "deploy" / "kustomize" / "base"
-
-HELM_VERSION = "v3.22.0"
-RELEASE = "servicekey-operator"
-NAMESPACE = "servicekey-system"
-
-# The operator's configuration contract: the only environment variables the chart may set on it.
-CONTRACT_ENV = {
-    "VAULT_ADDR", "VAULT_NAMESPACE", "VAULT_CACERT", "VAULT_CLIENT_CERT", "VAULT_CLIENT_KEY",
-    "VAULT_TLS_SERVER_NAME", "SERVICEKEY_VAULT_AUTH_METHOD", "VAULT_TOKEN_FILE", "SERVICEKEY_VAULT_ROLE",
-    "SERVICEKEY_VAULT_AUTH_MOUNT", "SERVICEKEY_VAULT_SA_TOKEN_FILE", "SERVICEKEY_VAULT_ROLE_ID_FILE",
-    "SERVICEKEY_VAULT_SECRET_ID_FILE", "SERVICEKEY_KV_MOUNT", "SERVICEKEY_TRANSIT_MOUNT",
-    "SERVICEKEY_PATH_PREFIX", "SERVICEKEY_WATCH_NAMESPACES", "SERVICEKEY_METRICS_PORT",
-    "SERVICEKEY_HEALTH_PORT", "SERVICEKEY_LOG_FORMAT", "SERVICEKEY_PEERING",
-}
-
-# What the operator may do in Kubernetes, and no more: (apiGroup, resource) -> verbs.
-SERVING_RULES = {
-    ("servicekey.io", "servicekeys"): {"get", "list", "watch", "patch", "update"},
-    ("servicekey.io", "servicekeys/status"): {"get", "patch", "update"},
-    ("servicekey.io", "servicekeys/finalizers"): {"update"},
-    ("", "configmaps"): {"get", "list", "watch", "create", "update", "patch", "delete"},
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
-}
-CLUSTER_ONLY_RULES = {
-    ("", "namespaces"): {"get", "list", "watch"},
-    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
-}
-PEERING_VERBS = {"get", "list", "watch", "patch"}
-
-# Every documented value set to something other than its default (the kubernetes/approle/token
-# sub-values are all set; the auth method is varied by the test that uses it).
-FULL_VALUES: dict[str, Any] = {
-    "replicaCount": 3,
-    "image": {
-        "repository": "registry.example.test/platform/servicekey-operator",
-        "tag": "0.1.0-rc1",
-        "digest": "sha256:" + "ab" * 32,
-        "pullPolicy": "Always",
-    },
-    "imagePullSecrets": [{"name": "regcred"}],
-    "nameOverride": "sko",
-    "fullnameOverride": "keys-operator",
-    "commonLabels": {"team": "platform"},
-    "watchNamespaces": ["payments", "orders"],
-    "vault": {
-        "address": "https://openbao.secrets.svc:8200",
-        "namespace": "tenant-a",
-        "tlsServerName": "openbao.example.test",
-        "caBundle": {"source": "secret", "name": "vault-ca", "key": "bundle.pem"},
-        "clientCertificate": {"secretName": "vault-client", "certKey": "client.crt", "keyKey": "client.key"},
-        "auth": {
-            "method": "approle",
-            "mount": "approle-k8s",
-            "kubernetes": {"role": "sko", "tokenAudience": "openbao", "tokenExpirationSeconds": 1800},
-            "approle": {"secretName": "vault-approle", "roleIdKey": "rid", "secretIdKey": "sid"},
-            "token": {"secretName": "vault-token", "key": "vault-token"},
-        },
-        "kvMount": "kv",
-        "transitMount": "transit-keys",
-        "pathPrefix": "platform/servicekeys",
-    },
-    "operator": {
-        "logFormat": "text",
-        "metricsPort": 9090,
-        "healthPort": 9091,
-        "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy.example.test:3128"}],
-    },
-    "peering": {"enabled": True, "name": "servicekeys"},
-    "serviceAccount": {"create": True, "name": "sko-sa", "annotations": {"example.test/owner": "platform"}},
-    "rbac": {"create": True, "publishNamespaces": ["checkout", "orders"]},
-    "podAnnotations": {"example.test/scrape": "true"},
-    "podLabels": {"example.test/tier": "control"},
-    "podSecurityContext": {
-        "runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    },
-    "securityContext": {
-        "runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "readOnlyRootFilesystem": True,
-        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    },
-    "resources": {"requests": {"cpu": "100m", "memory": "160Mi"}, "limits": {"cpu": "2", "memory": "512Mi"}},
-    "tmpSizeLimit": "32Mi",
-    "livenessProbe": {"initialDelaySeconds": 30, "periodSeconds": 15, "timeoutSeconds": 3, "failureThreshold": 5},
-    "readinessProbe": {"initialDelaySeconds": 2, "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 2},
-    "terminationGracePeriodSeconds": 60,
-    "priorityClassName": "system-cluster-critical",
-    "nodeSelector": {"kubernetes.io/os": "linux"},
-    "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "control", "effect": "NoSchedule"}],
-    "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
-        "weight": 100,
-        "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
-                            "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "sko"}}},
-    }]}},
-    "topologySpreadConstraints": [{
-        "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway",
-        "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "sko"}},
-    }],
-    "service": {"type": "NodePort", "port": 9090, "annotations": {"example.test/probe": "true"}},
-    "serviceMonitor": {"enabled": True, "interval": "1m", "scrapeTimeout": "20s", "labels": {"release": "prom"}},
-    "podDisruptionBudget": {"enabled": True, "minAvailable": 2},
-    "networkPolicy": {
-        "enabled": True,
-        "dnsEgress": False,
-        "vault": {"port": 8200, "to": [{"namespaceSelector": {
-            "matchLabels": {"kubernetes.io/metadata.name": "openbao"}}}]},
-        "apiServer": {"ports": [6443], "to": [{"ipBlock": {"cidr": "192.0.2.10/32"}}]},
-        "metrics": {"from": [{"namespaceSelector": {
-            "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]},
-    },
-}
-
-
-# ----------------------------------------------------------------------------------------------------
-# Fixtures and helpers
-# ----------------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def helm_bin() -> Path:
-    """The real helm binary: $HELM, else the devcluster build cache. Missing helm is a failure."""
-    configured = os.environ.get("HELM")
-    if configured:
-        candidate = Path(configured)
-    else:
-        cache = os.environ.get("SERVICEKEY_CACHE_DIR") or str(Path.home() / ".cache" / "servicekey-operator")
-        candidate = Path(cache) / "bin" / f"helm-{HELM_VERSION}" / "helm"
-    if not (candidate.is_file() and os.access(candidate, os.X_OK)):
-        pytest.fail(f"helm binary not found at {candidate}: set HELM, or build it with the devcluster "
-                    f"binaries (helm {HELM_VERSION} into the cache)", pytrace=False)
-    return candidate
-
-
-def run_helm(helm_bin: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    # No kubeconfig: everything here is local, and helm must not reach for a cluster.
-    env = dict(os.environ, KUBECONFIG=os.devnull, HELM_CACHE_HOME="/tmp/servicekey-helm-cache",
-               HELM_CONFIG_HOME="/tmp/servicekey-helm-config", HELM_DATA_HOME="/tmp/servicekey-helm-data")
-    return subprocess.run([str(helm_bin), *args], capture_output=True, text=True, env=env, timeout=120)
-
-
-def values_args(tmp_path: Path, values: dict[str, Any] | None) -> list[str]:
-    if values is None:
-        return []
-    values_file = tmp_path / f"values-{len(list(tmp_path.glob('values-*.yaml')))}.yaml"
-    values_file.write_text(yaml.safe_dump(values, sort_keys=False))
-    return ["--values", str(values_file)]
-
-
-def render(helm_bin: Path, tmp_path: Path, values: dict[str, Any] | None = None,
-           *extra: str) -> list[dict[str, Any]]:
-    """`helm template` of the chart as release servicekey-operator in servicekey-system, parsed."""
-    result = run_helm(helm_bin, "template", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE,
-                      *values_args(tmp_path, values), *extra)
-    assert result.returncode == 0, f"helm template failed:\n{result.stderr}"
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-
-def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge override into a copy of base (as helm merges --values files)."""
-    result = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = merged(result[key], value)
-        else:
-            result[key] = copy.deepcopy(value)
-    return result
-
-
-def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [doc for doc in docs if doc["kind"] == kind]
-
-
-def only(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    found = of_kind(docs, kind)
-    assert len(found) == 1, f"expected exactly one {kind}, rendered {len(found)}"
-    return found[0]
-
-
-def operator_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    containers = only(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
-    assert [c["name"] for c in containers] == ["operator"]
-    return containers[0]
-
-
-def env_of(docs: list[dict[str, Any]]) -> dict[str, str]:
-    return {item["name"]: item.get("value") for item in operator_container(docs)["env"]}
-
-
-def rules_by_resource(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
-    """Flatten a Role/ClusterRole into (apiGroup, resource) -> verbs."""
-    table: dict[tuple[str, str], set[str]] = {}
-    for rule in role.get("rules") or []:
-        for group in rule.get("apiGroups", []):
-            for resource in rule.get("resources", []):
-                table.setdefault((group, resource), set()).update(rule["verbs"])
-    return table
-
-
-def key_of(doc: dict[str, Any]) -> tuple[str, str, str, str]:
-    meta = doc["metadata"]
-    return doc["apiVersion"], doc["kind"], meta.get("namespace", ""), meta["name"]
-
+from tests.e2e.chart import (
+    CHART_CRD,
+    CHART_DIR,
+    CLUSTER_ONLY_RULES,
+    CONTRACT_ENV,
+    FULL_VALUES,
+    KUSTOMIZE_BASE,
+    NAMESPACE,
+    PEERING_VERBS,
+    RELEASE,
+    REPO_ROOT,
+    SERVING_RULES,
+    SOURCE_CRD,
+    env_of,
+    key_of,
+    merged,
+    of_kind,
+    only,
+    operator_container,
+    render,
+    rules_by_resource,
+    run_helm,
+    values_args,
+)
 
 # ----------------------------------------------------------------------------------------------------
 # values.yaml documentation (helm-docs style: "# --" opens a value's description)

@@ -1,0 +1,124 @@
+"""The chart against the real apiserver: its manifests pass server-side dry-run, and an operator running with
+the chart's ServiceAccount identity (not admin) handles the whole ServiceKey lifecycle and cannot read Secrets."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from servicekey_operator.devcluster.environment import DevEnvironment
+from servicekey_operator.devcluster.kube import write_kubeconfig
+from servicekey_operator.devcluster.operator_process import OperatorProcess
+from tests.e2e.chart import CHART_DIR, FULL_VALUES, NAMESPACE, RELEASE, merged, values_args
+from tests.support import ServiceKeys, wait_for
+
+pytestmark = pytest.mark.e2e
+
+# The ServiceMonitor kind comes from prometheus-operator; a permissive stand-in CRD lets the apiserver
+# accept the chart's optional ServiceMonitor in the dry run.
+SERVICEMONITOR_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+    "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+             "names": {"plural": "servicemonitors", "singular": "servicemonitor", "kind": "ServiceMonitor"},
+             "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                 "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
+}
+
+
+def _helm(dev_env: DevEnvironment, *args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([str(dev_env.binaries.helm), f"--kubeconfig={dev_env.kube.kubeconfig}", *args],
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, f"helm {' '.join(args[:2])} failed:\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def chart_prerequisites(dev_env: DevEnvironment) -> None:
+    """The release namespace, the chart's extra CRDs (kopf peering) and a ServiceMonitor stand-in."""
+    kubectl = dev_env.kube.kubectl
+    if kubectl("get", "namespace", NAMESPACE, check=False).returncode != 0:
+        kubectl("create", "namespace", NAMESPACE)
+    for crd in sorted((CHART_DIR / "crds").glob("*.yaml")):
+        kubectl("apply", "--server-side", "-f", str(crd))
+    kubectl("apply", "--server-side", "-f", "-", input_text=yaml.safe_dump(SERVICEMONITOR_CRD))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/servicemonitors.monitoring.coreos.com")
+
+
+@pytest.mark.parametrize("values", [None, FULL_VALUES, merged(FULL_VALUES, {"vault": {"auth": {"method": "approle"}}}),
+                                    {"replicaCount": 2, "peering": {"enabled": True}}],
+                         ids=["defaults", "every-value", "every-value-approle", "peering"])
+def test_rendered_chart_passes_server_side_dry_run(dev_env: DevEnvironment, chart_prerequisites: None,
+                                                   tmp_path: Path, values: dict | None):
+    """Every namespace the values name must exist, as it would in a real cluster."""
+    rendered = _helm(dev_env, "template", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE,
+                     *values_args(tmp_path, values)).stdout
+    values = values or {}
+    for needed in [*values.get("watchNamespaces", []), *values.get("rbac", {}).get("publishNamespaces", [])]:
+        dev_env.kube.kubectl("create", "namespace", needed, check=False)
+
+    result = dev_env.kube.kubectl("apply", "--dry-run=server", "-f", "-", input_text=rendered, check=False)
+
+    assert result.returncode == 0, f"the apiserver rejected the render:\n{result.stderr}"
+    assert "created (server dry run)" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def installed_release(dev_env: DevEnvironment, chart_prerequisites: None) -> Iterator[str]:
+    """`helm install` of the chart (token auth); yields the operator's ServiceAccount name."""
+    _helm(dev_env, "install", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE,
+          "--set", f"vault.address={dev_env.vault.addr}", "--set", "vault.auth.method=token",
+          "--set", "vault.auth.token.secretName=servicekey-operator-vault-token")
+    accounts = dev_env.kube.kubectl("get", "serviceaccounts", "-n", NAMESPACE, "-l",
+                                    f"app.kubernetes.io/instance={RELEASE}", "-o", "name").stdout.split()
+    assert len(accounts) == 1, accounts
+    yield accounts[0].split("/", 1)[1]
+    _helm(dev_env, "uninstall", RELEASE, "--namespace", NAMESPACE)
+
+
+@pytest.fixture(scope="module")
+def chart_identity_kubeconfig(dev_env: DevEnvironment, installed_release: str, tmp_path_factory) -> Path:
+    """A kubeconfig that authenticates as the chart's ServiceAccount (TokenRequest), not as admin."""
+    token = dev_env.kube.kubectl("create", "token", installed_release, "-n", NAMESPACE, "--duration=1h").stdout
+    return write_kubeconfig(tmp_path_factory.mktemp("identity") / "kubeconfig", dev_env.kube.server,
+                            dev_env.kube.ca.cert_path, token=token.strip(), user=installed_release)
+
+
+def test_the_chart_identity_may_not_read_secrets(dev_env: DevEnvironment, chart_identity_kubeconfig: Path,
+                                                 namespace: str):
+    denied = dev_env.kube.kubectl("get", "secrets", "-n", namespace, kubeconfig=chart_identity_kubeconfig,
+                                  check=False)
+    allowed = dev_env.kube.kubectl("get", "configmaps", "-n", namespace, kubeconfig=chart_identity_kubeconfig,
+                                   check=False)
+
+    assert denied.returncode != 0 and "Forbidden" in denied.stderr, denied.stderr
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_an_operator_with_the_chart_identity_runs_the_whole_lifecycle(
+        start_operator: Callable[..., OperatorProcess], chart_identity_kubeconfig: Path,
+        servicekeys: ServiceKeys, core_api, dev_env: DevEnvironment):
+    operator = start_operator(KUBECONFIG=str(chart_identity_kubeconfig))
+    target = f"{servicekeys.namespace}-copy"
+    core_api.create_namespace({"metadata": {"name": target, "annotations": {"servicekey.io/accept-from": "*"}}})
+    try:
+        servicekeys.create("ruled", {"algorithm": "ES256", "deletionPolicy": "Delete",
+                                     "publicKey": {"namespaces": [target]}})
+        first = servicekeys.wait_ready("ruled")["status"]
+        assert first["publishedNamespaces"] == [target]
+
+        servicekeys.patch("ruled", {"metadata": {"annotations": {"servicekey.io/rotate": "chart"}}})
+        servicekeys.wait_new_kid("ruled", first["keyId"])
+        events = core_api.list_namespaced_event(servicekeys.namespace).items
+        assert {"Generated", "Rotated", "Published"} <= {event.reason for event in events}
+
+        servicekeys.delete("ruled")
+        servicekeys.wait_gone("ruled")
+        wait_for(lambda: servicekeys.configmap("ruled-public", target) is None, 10, "the copy to be removed")
+        assert "Forbidden" not in operator.log_text(), "the chart's RBAC must cover everything the operator does"
+    finally:
+        core_api.delete_namespace(target)
