@@ -10,14 +10,14 @@ from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CHART_DIR = REPO_ROOT / "charts" / "servicekey-operator"
+from servicekey_operator.devcluster.chart import CHART_DIR, RELEASE
+from servicekey_operator.devcluster.chart import RELEASE_NAMESPACE as NAMESPACE
+from servicekey_operator.devcluster.environment import REPO_ROOT
+
 SOURCE_CRD = REPO_ROOT / "crds" / "servicekey.io_servicekeys.yaml"
 CHART_CRD = CHART_DIR / "crds" / "servicekey.io_servicekeys.yaml"
 KUSTOMIZE_BASE = REPO_ROOT / "deploy" / "kustomize" / "base"
 
-RELEASE = "servicekey-operator"
-NAMESPACE = "servicekey-system"
 
 # The operator's configuration contract: the only environment variables the chart may set on it.
 CONTRACT_ENV = {

@@ -3,15 +3,14 @@ the chart's ServiceAccount identity (not admin) handles the whole ServiceKey lif
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
+from servicekey_operator.devcluster.chart import helm, install_chart, service_account_kubeconfig, uninstall_chart
 from servicekey_operator.devcluster.environment import DevEnvironment
-from servicekey_operator.devcluster.kube import write_kubeconfig
 from servicekey_operator.devcluster.operator_process import OperatorProcess
 from tests.e2e.chart import CHART_DIR, FULL_VALUES, NAMESPACE, RELEASE, merged, values_args
 from tests.support import ServiceKeys, wait_for
@@ -28,13 +27,6 @@ SERVICEMONITOR_CRD = {
              "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
                  "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
 }
-
-
-def _helm(dev_env: DevEnvironment, *args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([str(dev_env.binaries.helm), f"--kubeconfig={dev_env.kube.kubeconfig}", *args],
-                            capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, f"helm {' '.join(args[:2])} failed:\n{result.stderr}"
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +47,7 @@ def chart_prerequisites(dev_env: DevEnvironment) -> None:
 def test_rendered_chart_passes_server_side_dry_run(dev_env: DevEnvironment, chart_prerequisites: None,
                                                    tmp_path: Path, values: dict | None):
     """Every namespace the values name must exist, as it would in a real cluster."""
-    rendered = _helm(dev_env, "template", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE,
+    rendered = helm(dev_env, "template", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE,
                      *values_args(tmp_path, values)).stdout
     values = values or {}
     for needed in [*values.get("watchNamespaces", []), *values.get("rbac", {}).get("publishNamespaces", [])]:
@@ -70,22 +62,14 @@ def test_rendered_chart_passes_server_side_dry_run(dev_env: DevEnvironment, char
 @pytest.fixture(scope="module")
 def installed_release(dev_env: DevEnvironment, chart_prerequisites: None) -> Iterator[str]:
     """`helm install` of the chart (token auth); yields the operator's ServiceAccount name."""
-    _helm(dev_env, "install", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE,
-          "--set", f"vault.address={dev_env.vault.addr}", "--set", "vault.auth.method=token",
-          "--set", "vault.auth.token.secretName=servicekey-operator-vault-token")
-    accounts = dev_env.kube.kubectl("get", "serviceaccounts", "-n", NAMESPACE, "-l",
-                                    f"app.kubernetes.io/instance={RELEASE}", "-o", "name").stdout.split()
-    assert len(accounts) == 1, accounts
-    yield accounts[0].split("/", 1)[1]
-    _helm(dev_env, "uninstall", RELEASE, "--namespace", NAMESPACE)
+    yield install_chart(dev_env)
+    uninstall_chart(dev_env)
 
 
 @pytest.fixture(scope="module")
 def chart_identity_kubeconfig(dev_env: DevEnvironment, installed_release: str, tmp_path_factory) -> Path:
     """A kubeconfig that authenticates as the chart's ServiceAccount (TokenRequest), not as admin."""
-    token = dev_env.kube.kubectl("create", "token", installed_release, "-n", NAMESPACE, "--duration=1h").stdout
-    return write_kubeconfig(tmp_path_factory.mktemp("identity") / "kubeconfig", dev_env.kube.server,
-                            dev_env.kube.ca.cert_path, token=token.strip(), user=installed_release)
+    return service_account_kubeconfig(dev_env, installed_release, tmp_path_factory.mktemp("identity") / "kubeconfig")
 
 
 def test_the_chart_identity_may_not_read_secrets(dev_env: DevEnvironment, chart_identity_kubeconfig: Path,

@@ -12,6 +12,7 @@ import time
 import yaml
 
 from servicekey_operator.devcluster.binaries import ensure_binaries
+from servicekey_operator.devcluster.chart import RELEASE_NAMESPACE, install_chart, service_account_kubeconfig
 from servicekey_operator.devcluster.environment import REPO_ROOT, DevEnvironment
 from servicekey_operator.devcluster.operator_process import OperatorProcess
 
@@ -48,9 +49,13 @@ def _demo(env: DevEnvironment) -> None:
     kubectl = env.kube.kubectl
     manifest = yaml.safe_load(DEMO_MANIFEST.read_text())
     name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
-    operator = OperatorProcess(env.operator_env(), env.workdir / "operator.log").start()
+    _say("helm install of the chart (CRDs, ServiceAccount, RBAC; no kubelet here, so the operator runs locally "
+         "with the chart's ServiceAccount identity)")
+    service_account = install_chart(env)
+    identity = service_account_kubeconfig(env, service_account, env.workdir / "operator.kubeconfig")
+    operator = OperatorProcess(dict(env.operator_env(), KUBECONFIG=str(identity)), env.workdir / "operator.log").start()
     try:
-        _say(f"operator running (log: {operator.log_path})")
+        _say(f"operator running as {RELEASE_NAMESPACE}/{service_account} (log: {operator.log_path})")
         kubectl("create", "namespace", namespace)
         kubectl("apply", "-f", str(DEMO_MANIFEST))
         _say("waiting for the ServiceKey to be Ready")
