@@ -12,6 +12,7 @@ import urllib3.exceptions
 from kubernetes.client.rest import ApiException
 
 from servicekey_operator.errors import KubernetesUnavailable, ServiceKeyError
+from servicekey_operator.metrics import KUBERNETES_REQUEST_DURATION
 from servicekey_operator.publish import API_GROUP, API_VERSION
 
 
@@ -29,10 +30,13 @@ class NamespaceUnavailable(ServiceKeyError):
 
 
 @contextlib.contextmanager
-def translated_errors(what: str) -> Iterator[None]:
-    """Turn transport failures and 5xx answers into KubernetesUnavailable, 409 into ConfigMapRaced."""
+def kube_call(operation: str, what: str) -> Iterator[None]:
+    """Time one API request as ``operation``; turn transport failures and 5xx answers into
+    KubernetesUnavailable, 409 into ConfigMapRaced, a missing or terminating namespace into
+    NamespaceUnavailable."""
     try:
-        yield
+        with KUBERNETES_REQUEST_DURATION.labels(operation).time():
+            yield
     except ApiException as failed:
         if failed.status == 404 or (failed.status == 403 and "being terminated" in str(failed.body)):
             raise NamespaceUnavailable(f"{what}: the namespace is gone or terminating") from failed
@@ -68,7 +72,7 @@ class KubeGateway:
 
     def read_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The ConfigMap as a plain dict, or None when it does not exist."""
-        with translated_errors(f"reading ConfigMap {namespace}/{name}"):
+        with kube_call("read_configmap", f"reading ConfigMap {namespace}/{name}"):
             try:
                 reply = self.core.read_namespaced_config_map(name, namespace)
             except ApiException as missing:
@@ -79,28 +83,28 @@ class KubeGateway:
 
     def list_configmaps(self, label_selector: str) -> list[dict[str, Any]]:
         """ConfigMaps in all namespaces that match ``label_selector``, as plain dicts."""
-        with translated_errors(f"listing ConfigMaps {label_selector}"):
+        with kube_call("list_configmaps", f"listing ConfigMaps {label_selector}"):
             reply = self.core.list_config_map_for_all_namespaces(label_selector=label_selector)
         return [self.client.sanitize_for_serialization(item) for item in reply.items]
 
     def create_configmap(self, body: dict[str, Any]) -> str:
         """Create a ConfigMap; return its resourceVersion."""
         metadata = body["metadata"]
-        with translated_errors(f"creating ConfigMap {metadata['namespace']}/{metadata['name']}"):
+        with kube_call("create_configmap", f"creating ConfigMap {metadata['namespace']}/{metadata['name']}"):
             reply = self.core.create_namespaced_config_map(metadata["namespace"], body)
         return reply.metadata.resource_version
 
     def replace_configmap(self, body: dict[str, Any], resource_version: str) -> str:
         """Replace a ConfigMap if it is still at ``resource_version`` (optimistic concurrency)."""
         metadata = dict(body["metadata"], resourceVersion=resource_version)
-        with translated_errors(f"updating ConfigMap {metadata['namespace']}/{metadata['name']}"):
+        with kube_call("replace_configmap", f"updating ConfigMap {metadata['namespace']}/{metadata['name']}"):
             reply = self.core.replace_namespaced_config_map(metadata["name"], metadata["namespace"],
                                                             dict(body, metadata=metadata))
         return reply.metadata.resource_version
 
     def delete_configmap(self, namespace: str, name: str, resource_version: str) -> None:
         """Delete a ConfigMap only if it is still the version we inspected."""
-        with translated_errors(f"deleting ConfigMap {namespace}/{name}"):
+        with kube_call("delete_configmap", f"deleting ConfigMap {namespace}/{name}"):
             try:
                 self.core.delete_namespaced_config_map(
                     name, namespace,
@@ -112,7 +116,7 @@ class KubeGateway:
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Merge-patch the ServiceKey's status subresource."""
-        with translated_errors(f"patching status of ServiceKey {namespace}/{name}"):
+        with kube_call("patch_status", f"patching status of ServiceKey {namespace}/{name}"):
             try:
                 self.custom.patch_namespaced_custom_object_status(
                     API_GROUP, API_VERSION, namespace, "servicekeys", name, {"status": status})
@@ -122,6 +126,6 @@ class KubeGateway:
 
     def list_namespaces(self, label_selector: str | None = None) -> list[dict[str, Any]]:
         """Namespaces (optionally by label selector) as plain dicts."""
-        with translated_errors("listing namespaces"):
+        with kube_call("list_namespaces", "listing namespaces"):
             reply = self.core.list_namespace(label_selector=label_selector or None)
         return [self.client.sanitize_for_serialization(item) for item in reply.items]

@@ -22,6 +22,9 @@ ROTATIONS = Counter("servicekey_rotations_total", "Keys written to Vault, by tri
 RECONCILE_ERRORS = Counter("servicekey_reconcile_errors_total", "Failed reconcile passes, by condition reason.",
                            ["reason"])
 RECONCILE_DURATION = Histogram("servicekey_reconcile_duration_seconds", "Duration of one reconcile pass.")
+KUBERNETES_REQUEST_DURATION = Histogram("servicekey_kubernetes_request_duration_seconds",
+                                        "Duration of the reconciler's Kubernetes API requests, by operation.",
+                                        ["operation"])
 VAULT_REQUEST_DURATION = Histogram("servicekey_vault_request_duration_seconds",
                                    "Duration of Vault requests, by operation.", ["operation"])
 
