@@ -11,6 +11,7 @@ import datetime
 import logging
 import random
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,7 @@ GROUP, VERSION, PLURAL = publish.API_GROUP, publish.API_VERSION, "servicekeys"
 MAX_BACKOFF_SECONDS = 300.0
 CONFLICT_RECHECK_SECONDS = 60.0
 KOPF_STORAGE_PREFIX = "kopf.servicekey.io"
+IO_THREADS = 32
 ObjectKey = tuple[str, str]
 
 
@@ -161,6 +163,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.posting.level = logging.INFO
+    # Every Vault and Kubernetes call runs in a thread; the default pool (cores + 4) would queue a burst
+    # of new keys behind a handful of requests in flight.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=IO_THREADS))
     keygen = KeyGenerator()
     kube = KubeGateway(api_client())
     connection = VaultConnection(config.vault)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import kubernetes.client
 import kubernetes.config
+import urllib3
 import urllib3.exceptions
 from kubernetes.client.rest import ApiException
 
@@ -50,6 +52,12 @@ def kube_call(operation: str, what: str) -> Iterator[None]:
             from unreachable
 
 
+def _json(reply: urllib3.BaseHTTPResponse) -> dict[str, Any]:
+    # Plain dicts straight from the wire: building the client's model objects and serialising them
+    # back costs more CPU than the request itself.
+    return json.loads(reply.data)
+
+
 def api_client() -> kubernetes.client.ApiClient:
     """An API client from the in-cluster ServiceAccount, or from KUBECONFIG outside a cluster."""
     configuration = kubernetes.client.Configuration()
@@ -74,18 +82,19 @@ class KubeGateway:
         """The ConfigMap as a plain dict, or None when it does not exist."""
         with kube_call("read_configmap", f"reading ConfigMap {namespace}/{name}"):
             try:
-                reply = self.core.read_namespaced_config_map(name, namespace)
+                reply = self.core.read_namespaced_config_map(name, namespace, _preload_content=False)
             except ApiException as missing:
                 if missing.status == 404:
                     return None
                 raise
-        return self.client.sanitize_for_serialization(reply)
+        return _json(reply)
 
     def list_configmaps(self, label_selector: str) -> list[dict[str, Any]]:
         """ConfigMaps in all namespaces that match ``label_selector``, as plain dicts."""
         with kube_call("list_configmaps", f"listing ConfigMaps {label_selector}"):
-            reply = self.core.list_config_map_for_all_namespaces(label_selector=label_selector)
-        return [self.client.sanitize_for_serialization(item) for item in reply.items]
+            reply = self.core.list_config_map_for_all_namespaces(label_selector=label_selector,
+                                                                 _preload_content=False)
+        return _json(reply)["items"]
 
     def create_configmap(self, body: dict[str, Any]) -> str:
         """Create a ConfigMap; return its resourceVersion."""
@@ -127,5 +136,5 @@ class KubeGateway:
     def list_namespaces(self, label_selector: str | None = None) -> list[dict[str, Any]]:
         """Namespaces (optionally by label selector) as plain dicts."""
         with kube_call("list_namespaces", "listing namespaces"):
-            reply = self.core.list_namespace(label_selector=label_selector or None)
-        return [self.client.sanitize_for_serialization(item) for item in reply.items]
+            reply = self.core.list_namespace(label_selector=label_selector or None, _preload_content=False)
+        return _json(reply)["items"]

@@ -196,7 +196,7 @@ class Reconciler:
         with_pending = expect_pending or desired.rotation.publish_ahead_seconds > 0
         outcome = await self._ensure_key(desired, now, published_kid, published_kids(existing), with_pending)
         outcome.configmap_written = await asyncio.to_thread(self._publish, desired, outcome.history, existing)
-        if outcome.configmap_written:
+        if outcome.configmap_written and outcome.decision.reason != "Created":  # "Generated" says it already
             outcome.events.append(Event("Normal", "Published",
                                         f"ConfigMap {desired.configmap_name} publishes kid {outcome.current.kid}"
                                         + (f" and pending {outcome.history.pending.kid}"
