@@ -27,12 +27,14 @@ path "secret/metadata/servicekeys/*" {
 }
 
 # ---------------------------------------------------------------------------------------------------
-# Transit (spec.vault.engine: transit). Non-exportable keys named servicekey-*. The prefix glob
-# covers the key itself (create, read its public keys and versions, delete) and its sub-paths
-# transit/keys/servicekey-<name>/rotate (update: a new key version) and
-# transit/keys/servicekey-<name>/config (update: deletion_allowed before a Delete, min versions).
+# Transit (spec.vault.engine: transit). Non-exportable keys named <prefix>.<namespace>.<name>.<type>
+# (the Vault path with '/' turned into '.', plus the key type, e.g. servicekeys.payments.signing.ecdsa-p256);
+# their record (history, rotation requests, ownership) is the KV secret above. The prefix glob covers
+# the key itself (create, read its public keys and versions, delete) and its sub-paths
+# transit/keys/<key>/rotate (update: a new key version) and transit/keys/<key>/config (update:
+# deletion_allowed before a Delete, min_decryption_version for retainPrevious).
 # ---------------------------------------------------------------------------------------------------
-path "transit/keys/servicekey-*" {
+path "transit/keys/servicekeys.*" {
   capabilities = ["create", "read", "update", "delete"]
 }
 

@@ -1,4 +1,5 @@
-"""The ``servicekey-operator`` command: run the operator, rotate a key, and drive the local dev cluster."""
+"""The ``servicekey-operator`` command: run the operator, rotate a key, check the invariants, and drive the
+local dev cluster."""
 
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ def _run(_: argparse.Namespace) -> int:
         namespaces=config.watch_namespaces,
         standalone=config.peering is None,
         peering_name=config.peering,
-        # Replicas of equal priority all stay active (kopf only warns); distinct random priorities
-        # make exactly one of them the active one.
+        # Replicas of equal priority all pause (kopf: "Pausing all operators, including self");
+        # distinct random priorities make exactly one of them the active one.
         priority=random.randint(1, 2**31 - 1),
         liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz",
         memo=kopf.Memo(config=config),
@@ -58,6 +59,39 @@ def _rotate(args: argparse.Namespace) -> int:
     return 1
 
 
+def _check(args: argparse.Namespace) -> int:
+    import hvac.exceptions
+    import kubernetes.config
+    import requests
+    import urllib3.exceptions
+    from kubernetes.client.rest import ApiException
+
+    from servicekey_operator import invariants
+    from servicekey_operator.errors import ServiceKeyError
+    from servicekey_operator.kubeapi import api_client
+    from servicekey_operator.vault.connection import VaultConnection
+
+    try:
+        config = OperatorConfig.from_env()
+    except ConfigError as bad:
+        print(f"servicekey-operator check: configuration error: {bad}", file=sys.stderr)
+        return 2
+    try:
+        violations = invariants.check(api_client(), VaultConnection(config.vault).client,
+                                      namespaces=args.namespace or None, etcd_endpoint=args.etcd,
+                                      kv_mount=config.kv_mount, path_prefix=config.path_prefix,
+                                      transit_mount=config.transit_mount)
+    except (ServiceKeyError, hvac.exceptions.VaultError, ApiException, kubernetes.config.ConfigException,
+            requests.RequestException, urllib3.exceptions.HTTPError, OSError) as failed:
+        print(f"servicekey-operator check: could not read the cluster, Vault or etcd: {type(failed).__name__}: "
+              f"{failed}", file=sys.stderr)
+        return 2
+    for violation in violations:
+        print(violation)
+    print(invariants.summary(violations))
+    return 1 if any(not violation.informational for violation in violations) else 0
+
+
 def _dev(args: argparse.Namespace) -> int:
     from servicekey_operator.devcluster import commands
 
@@ -75,6 +109,15 @@ def parser() -> argparse.ArgumentParser:
     rotate.add_argument("-n", "--namespace", default="default")
     rotate.add_argument("--timeout", type=float, default=60.0)
     rotate.set_defaults(func=_rotate)
+    check = commands.add_parser(
+        "check", help="report every violation of the invariants in the cluster and Vault (exit 1 if any)",
+        description="Inspect ServiceKeys, their ConfigMaps, Secrets, Events (and etcd) and Vault at rest; print one "
+                    "line per violation and a summary. Uses KUBECONFIG (or the in-cluster account), VAULT_ADDR/"
+                    "VAULT_TOKEN and SERVICEKEY_KV_MOUNT/SERVICEKEY_PATH_PREFIX like the operator.")
+    check.add_argument("-n", "--namespace", action="append", default=[],
+                       help="a namespace to check (repeatable; default: all)")
+    check.add_argument("--etcd", metavar="URL", help="also scan etcd's raw keyspace through its JSON gateway")
+    check.set_defaults(func=_check)
     dev = commands.add_parser("dev", help="local cluster + OpenBao for development and the demo")
     dev.add_argument("dev_command", choices=["build", "up", "demo"],
                      help="build: compile and cache the binaries; up: start and wait; demo: the full demo")

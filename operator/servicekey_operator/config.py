@@ -48,6 +48,7 @@ class OperatorConfig:
     health_port: int = 8081
     log_format: str = "text"
     peering: str | None = None
+    peering_lifetime_seconds: int = 60
     resync_seconds: float = 600.0
 
     @classmethod
@@ -104,11 +105,15 @@ class OperatorConfig:
             resync_seconds = float(resync)
         except ValueError as bad:
             raise ConfigError(f"SERVICEKEY_RESYNC_SECONDS must be a number, got {resync!r}") from bad
+        lifetime = text("SERVICEKEY_PEERING_LIFETIME", "60") or "60"
+        if not lifetime.isdigit() or not 10 <= int(lifetime) <= 3600:
+            raise ConfigError(f"SERVICEKEY_PEERING_LIFETIME must be whole seconds 10..3600, got {lifetime!r}")
         return cls(
             vault=vault,
             kv_mount=(text("SERVICEKEY_KV_MOUNT", "secret") or "secret").strip("/"),
             transit_mount=(text("SERVICEKEY_TRANSIT_MOUNT", "transit") or "transit").strip("/"),
             path_prefix=prefix, watch_namespaces=watch,
             metrics_port=port("SERVICEKEY_METRICS_PORT", 8080), health_port=port("SERVICEKEY_HEALTH_PORT", 8081),
-            log_format=log_format, peering=text("SERVICEKEY_PEERING"), resync_seconds=resync_seconds,
+            log_format=log_format, peering=text("SERVICEKEY_PEERING"), peering_lifetime_seconds=int(lifetime),
+            resync_seconds=resync_seconds,
         )

@@ -163,6 +163,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.posting.level = logging.INFO
+    # How long standbys wait after the active replica's last keep-alive before taking over; kopf's
+    # default of 60 s would stall key management for up to a minute after a crash.
+    settings.peering.lifetime = config.peering_lifetime_seconds
     # Every Vault and Kubernetes call runs in a thread; the default pool (cores + 4) would queue a burst
     # of new keys behind a handful of requests in flight.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=IO_THREADS))

@@ -26,7 +26,7 @@ CONTRACT_ENV = {
     "SERVICEKEY_VAULT_AUTH_MOUNT", "SERVICEKEY_VAULT_SA_TOKEN_FILE", "SERVICEKEY_VAULT_ROLE_ID_FILE",
     "SERVICEKEY_VAULT_SECRET_ID_FILE", "SERVICEKEY_KV_MOUNT", "SERVICEKEY_TRANSIT_MOUNT",
     "SERVICEKEY_PATH_PREFIX", "SERVICEKEY_WATCH_NAMESPACES", "SERVICEKEY_METRICS_PORT",
-    "SERVICEKEY_HEALTH_PORT", "SERVICEKEY_LOG_FORMAT", "SERVICEKEY_PEERING",
+    "SERVICEKEY_HEALTH_PORT", "SERVICEKEY_LOG_FORMAT", "SERVICEKEY_PEERING", "SERVICEKEY_PEERING_LIFETIME", "POD_ID",
 }
 
 # What the operator may do in Kubernetes, and no more: (apiGroup, resource) -> verbs.
@@ -82,7 +82,7 @@ FULL_VALUES: dict[str, Any] = {
         "healthPort": 9091,
         "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy.example.test:3128"}],
     },
-    "peering": {"enabled": True, "name": "servicekeys"},
+    "peering": {"enabled": True, "name": "servicekeys", "lifetime": 15},
     "serviceAccount": {"create": True, "name": "sko-sa", "annotations": {"example.test/owner": "platform"}},
     "rbac": {"create": True, "publishNamespaces": ["checkout", "orders"]},
     "podAnnotations": {"example.test/scrape": "true"},

@@ -161,6 +161,8 @@ def test_default_render_configures_the_operator_by_its_environment_contract(helm
         "SERVICEKEY_HEALTH_PORT": "8081",
         "SERVICEKEY_LOG_FORMAT": "json",
         "SERVICEKEY_PEERING": "",
+        "SERVICEKEY_PEERING_LIFETIME": "20",
+        "POD_ID": None,  # from the downward API: kopf's peering identity
     }
 
 
