@@ -5,9 +5,9 @@ all of it every request still yields exactly one key (invariant 4).
 What kopf (1.45) does, and what these tests rely on:
 
 - Every replica PATCHes its keep-alive ``{priority, lifetime, lastseen}`` into the ClusterKopfPeering's
-  status, under its identity (``$POD_ID`` if set), every ``lifetime - 5..10`` s; ``lifetime`` is 60 s by
-  default. A replica that sees a live peer of higher priority pauses: it closes its watch streams and
-  stops its daemons, so it handles nothing.
+  status, under its identity (``$POD_ID`` if set), every ``lifetime - 5..10`` s; ``lifetime``
+  (SERVICEKEY_PEERING_LIFETIME) is 60 s by default. A replica that sees a live peer of higher priority
+  pauses: it closes its watch streams and stops its daemons, so it handles nothing.
 - With a peering name (``SERVICEKEY_PEERING``) peering is mandatory, and a replica starts *paused* until
   its first look at the peering object; so a replica that never becomes active logs nothing about it.
   A replica that becomes active logs ``Resuming operations after the pause...``; an active one that
@@ -126,13 +126,14 @@ def the_active(replicas: list[Replica], dev_env: DevEnvironment, peering: str) -
 
 @pytest.fixture
 def start_replicas(start_operator: StartOperator, peering: str) -> Callable[[int], list[Replica]]:
-    """Start ``count`` replicas configured as the chart's Deployment configures its pods."""
+    """Start ``count`` replicas configured as the chart's Deployment configures its pods (a 15 s lease keeps
+    the SIGKILL tests short; the chart defaults to 20 s)."""
     def start(count: int) -> list[Replica]:
         replicas = []
         for index in range(count):
             pod_id = f"{peering}-{index}"
             replicas.append(Replica(pod_id, start_operator(SERVICEKEY_PEERING=peering, SERVICEKEY_LOG_FORMAT="json",
-                                                           POD_ID=pod_id)))
+                                                           SERVICEKEY_PEERING_LIFETIME="15", POD_ID=pod_id)))
         return replicas
     return start
 
