@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import multiprocessing
+import os
 
 from servicekey_operator.keys import KeyPair, generate_keypair, is_rsa
 
@@ -13,10 +14,14 @@ class KeyGenerator:
     """Async keygen. RSA (up to a second for 4096 bits) runs in a process pool so it neither blocks
     the event loop nor holds the GIL against the other keys' I/O; EC and Ed25519 take microseconds."""
 
-    def __init__(self, rsa_workers: int = 2) -> None:
+    def __init__(self, rsa_workers: int | None = None) -> None:
         # forkserver: forking the operator itself would copy its threads and sockets into workers.
         context = multiprocessing.get_context("forkserver")
-        self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=rsa_workers, mp_context=context)
+        # One core stays free for the event loop and the I/O threads, and the workers run at a lower
+        # priority, so an RSA-4096 burst does not starve the fast keys' requests.
+        workers = rsa_workers or max(1, (os.cpu_count() or 2) - 1)
+        self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                                            initializer=os.nice, initargs=(10,))
 
     async def __call__(self, algorithm: str, key_size: int | None) -> KeyPair:
         """Generate a key pair for ``algorithm`` (and ``key_size`` for RSA)."""
