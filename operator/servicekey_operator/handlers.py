@@ -7,6 +7,7 @@ ConfigMap drift events) funnels into ``run_pass``, serialised per key by a lock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import random
@@ -22,7 +23,7 @@ from servicekey_operator.config import OperatorConfig
 from servicekey_operator.errors import ServiceKeyError
 from servicekey_operator.keygen import KeyGenerator
 from servicekey_operator.kubeapi import KubeGateway, api_client
-from servicekey_operator.reconcile import Event, Reconciler, next_pass_time, next_rotation_time
+from servicekey_operator.reconcile import Event, Outcome, Reconciler, next_pass_time, next_rotation_time
 from servicekey_operator.spec import DesiredKey, desired_key
 from servicekey_operator.status import differs, failed_status, ready_status
 from servicekey_operator.vault.connection import VaultConnection
@@ -117,34 +118,43 @@ async def run_pass(state: OperatorState, body: Mapping[str, Any], logger: loggin
                 outcome = await state.reconciler.reconcile(desired, now, published_kid=observed.get("keyId"),
                                                            expect_pending=bool(observed.get("pendingKeyId")),
                                                            expect_copies=bool(observed.get("publishedNamespaces")))
+            await _record_success(state, key, body, desired, outcome, now)
         except ServiceKeyError as failure:
             failures = state.consecutive_failures[key] = state.consecutive_failures.get(key, 0) + 1
             delay = backoff_seconds(failures - 1) if failure.retryable else CONFLICT_RECHECK_SECONDS
             metrics.record_failure(key, failure.reason)
             logger.warning(f"{failure.reason}: {failure}")
-            await _write_status(state, body, failed_status(failure.reason, str(failure), generation, observed, now))
-            if _ready_reason(observed) != failure.reason:  # one Warning per new problem, not per retry
-                _post(body, [Event("Warning", failure.reason, str(failure))])
+            # Best effort: with the API server down the failure cannot be reported, only retried.
+            with contextlib.suppress(ServiceKeyError):
+                await _write_status(state, body, failed_status(failure.reason, str(failure), generation,
+                                                               observed, now))
+                if _ready_reason(observed) != failure.reason:  # one Warning per new problem, not per retry
+                    _post(body, [Event("Warning", failure.reason, str(failure))])
             if failure.retryable and raise_for_retry:
                 raise kopf.TemporaryError(str(failure), delay=delay) from failure
             state.schedule(key, now + datetime.timedelta(seconds=delay))
-            return
-        state.consecutive_failures.pop(key, None)
-        due = next_rotation_time(desired, outcome.history)
-        wake_at = next_pass_time(desired, outcome.history)
-        resync = now + datetime.timedelta(seconds=state.config.resync_seconds * random.uniform(0.9, 1.1))
-        state.schedule(key, min(wake_at, resync) if wake_at else resync)
-        if outcome.published_namespaces or outcome.refused or desired.namespace_selector or desired.target_namespaces:
-            state.publishing_elsewhere.add(key)
-        else:
-            state.publishing_elsewhere.discard(key)
-        refused_before = {(r.get("namespace"), r.get("reason")) for r in observed.get("refusedNamespaces") or []}
-        outcome.events += [Event("Warning", "PublishRefused", f"not published to namespace {r.namespace}: {r.reason}")
-                           for r in outcome.refused if (r.namespace, r.reason) not in refused_before]
-        await _write_status(state, body, ready_status(desired, outcome.history, due, generation, observed, now,
-                                                      outcome.published_namespaces, outcome.refused))
-        metrics.record_ready(key, outcome, due)
-        _post(body, outcome.events)
+
+
+async def _record_success(state: OperatorState, key: ObjectKey, body: Mapping[str, Any], desired: DesiredKey,
+                          outcome: Outcome, now: datetime.datetime) -> None:
+    """Status, schedule, metrics and events after a pass that did everything it had to."""
+    observed = body.get("status") or {}
+    due = next_rotation_time(desired, outcome.history)
+    wake_at = next_pass_time(desired, outcome.history)
+    if outcome.published_namespaces or outcome.refused or desired.namespace_selector or desired.target_namespaces:
+        state.publishing_elsewhere.add(key)
+    else:
+        state.publishing_elsewhere.discard(key)
+    refused_before = {(r.get("namespace"), r.get("reason")) for r in observed.get("refusedNamespaces") or []}
+    outcome.events += [Event("Warning", "PublishRefused", f"not published to namespace {r.namespace}: {r.reason}")
+                       for r in outcome.refused if (r.namespace, r.reason) not in refused_before]
+    await _write_status(state, body, ready_status(desired, outcome.history, due, body["metadata"].get("generation"),
+                                                  observed, now, outcome.published_namespaces, outcome.refused))
+    state.consecutive_failures.pop(key, None)
+    resync = now + datetime.timedelta(seconds=state.config.resync_seconds * random.uniform(0.9, 1.1))
+    state.schedule(key, min(wake_at, resync) if wake_at else resync)
+    metrics.record_ready(key, outcome, due)
+    _post(body, outcome.events)
 
 
 def _ready_reason(status: Mapping[str, Any]) -> str | None:

@@ -40,10 +40,11 @@ def kube_call(operation: str, what: str) -> Iterator[None]:
         with KUBERNETES_REQUEST_DURATION.labels(operation).time():
             yield
     except ApiException as failed:
-        if failed.status == 404 or (failed.status == 403 and "being terminated" in str(failed.body)):
+        if (failed.status == 404 and operation == "create_configmap") or \
+                (failed.status == 403 and "being terminated" in str(failed.body)):
             raise NamespaceUnavailable(f"{what}: the namespace is gone or terminating") from failed
-        if failed.status == 409:
-            raise ConfigMapRaced(f"{what}: conflict, will retry") from failed
+        if failed.status in (404, 409):  # changed or deleted since we read it: re-read on the next pass
+            raise ConfigMapRaced(f"{what}: changed concurrently, will retry") from failed
         if failed.status is not None and (failed.status >= 500 or failed.status == 429):
             raise KubernetesUnavailable(f"{what}: API server answered {failed.status}") from failed
         raise
