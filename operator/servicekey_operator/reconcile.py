@@ -36,6 +36,7 @@ class KeyAction(enum.Enum):
     WRITE = "write"            # write a new key as the next version now
     STAGE = "stage"            # write a new key as pending, published ahead of use
     PROMOTE = "promote"        # the pending key's time has come: write it as the next version
+    RESCHEDULE = "reschedule"  # the pending key was never published (a crash): publish it, sign later
     CLEAR_PENDING = "clear"    # the pending key was promoted already (a crash in between): forget it
 
 
@@ -109,7 +110,12 @@ def decide_key(desired: DesiredKey, history: KeyHistory, published_kids: frozens
             return KeyDecision(KeyAction.CLEAR_PENDING, "Rotating")
         if _spec_of(pending) == (desired.engine, desired.algorithm, desired.key_size):
             activate_at = pending.activate_at or now
-            if now >= activate_at and pending.kid in published_kids:
+            if pending.kid not in published_kids:
+                # A crash lost the publication: verifiers get their full publishAhead from now on.
+                if activate_at < now + datetime.timedelta(seconds=desired.rotation.publish_ahead_seconds):
+                    return KeyDecision(KeyAction.RESCHEDULE, pending.rotation_reason or "Scheduled")
+                return KeyDecision(KeyAction.KEEP, "Rotating")
+            if now >= activate_at:
                 return KeyDecision(KeyAction.PROMOTE, pending.rotation_reason or "Scheduled")
             return KeyDecision(KeyAction.KEEP, "Rotating")
         # The spec changed under a staged key: it was never used, stage the right one instead.
@@ -264,6 +270,17 @@ class Reconciler:
             await asyncio.to_thread(self.store.delete_pending, mount, path)
             return Outcome(KeyHistory(history.owner, history.current_version, history.current, history.previous),
                            decision)
+        if decision.action is KeyAction.RESCHEDULE:
+            assert history.pending is not None
+            pending = history.pending
+            activate_at = now + datetime.timedelta(seconds=desired.rotation.publish_ahead_seconds)
+            rescheduled = await asyncio.to_thread(
+                self.store.write_pending, mount, path, _keypair_of(pending), service_name=pending.service_name,
+                rotate_annotation=pending.rotate_annotation, rotation_reason=pending.rotation_reason,
+                created_at=pending.created_at, activate_at=activate_at, expected_revision=pending.pending_revision)
+            self.logger.info(f"pending key {pending.kid} was not yet published; signing from {activate_at.isoformat()}")
+            return Outcome(KeyHistory(history.owner, history.current_version, history.current, history.previous,
+                                      rescheduled), decision)
         if decision.action is KeyAction.PROMOTE:
             assert history.pending is not None
             written = await asyncio.to_thread(self._write, desired, history, _keypair_of(history.pending),
@@ -286,6 +303,7 @@ class Reconciler:
                 self.store.write_pending, mount, path, keypair, service_name=desired.service_name,
                 rotate_annotation=desired.rotate_request, rotation_reason=decision.reason, created_at=now,
                 activate_at=activate_at)
+            crash_point("pending-write")
             self.logger.info(f"staged key {pending.kid}, signing from {activate_at.isoformat()} ({decision.reason})")
             staged = KeyHistory(history.owner, history.current_version, history.current, history.previous, pending)
             return Outcome(staged, decision, events=[Event(

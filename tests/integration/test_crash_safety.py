@@ -45,6 +45,28 @@ def test_a_crash_mid_rotation_yields_exactly_one_new_key(start_operator: StartOp
     _assert_consistent(servicekeys, "crashy", expected_versions=2)
 
 
+def test_a_staged_key_lost_before_publication_still_gets_its_full_publish_ahead(
+        start_operator: StartOperator, servicekeys: ServiceKeys):
+    steady = start_operator()
+    servicekeys.create("staged", {"algorithm": "ES256", "rotation": {"publishAhead": "5s"}})
+    first_kid = servicekeys.wait_ready("staged")["status"]["keyId"]
+    steady.stop()
+    doomed = start_operator(**{CRASH_ENV: "pending-write"})
+    servicekeys.patch("staged", {"metadata": {"annotations": {"servicekey.io/rotate": "once"}}})
+    wait_for(lambda: not doomed.process.running(), 30, "the operator to crash after staging")
+    time.sleep(6)  # longer than publishAhead: the staged key's original activation time has passed
+
+    start_operator()
+    pending_kid = servicekeys.wait_condition("staged", "True", "Rotating")["status"]["pendingKeyId"]
+    published_at = time.monotonic()
+    assert servicekeys.kids("staged-public") == [first_kid, pending_kid]
+    servicekeys.wait_new_kid("staged", first_kid, timeout=20)
+
+    assert time.monotonic() - published_at >= 4, "the key signed before verifiers had publishAhead to see it"
+    assert servicekeys.get("staged")["status"]["keyId"] == pending_kid
+    _assert_consistent(servicekeys, "staged", expected_versions=2)
+
+
 def test_two_operators_at_once_make_one_key_per_request(start_operator: StartOperator, servicekeys: ServiceKeys):
     start_operator()
     start_operator()

@@ -75,11 +75,12 @@ def test_decide_key(spec, annotations, history, now, expected):
     assert (decision.action, decision.reason) == expected
 
 
-def test_a_pending_key_is_not_promoted_before_the_configmap_lists_it():
-    decision = decide_key(_desired(AHEAD, ROTATE_A), _history(pending=STAGED), frozenset({"kid-3"}),
-                          T0 + 10 * MINUTE)
+def test_a_pending_key_the_configmap_never_listed_is_rescheduled_not_promoted():
+    late = decide_key(_desired(AHEAD, ROTATE_A), _history(pending=STAGED), frozenset({"kid-3"}), T0 + 10 * MINUTE)
+    just_staged = decide_key(_desired(AHEAD, ROTATE_A), _history(pending=STAGED), frozenset({"kid-3"}), T0)
 
-    assert (decision.action, decision.reason) == (KeyAction.KEEP, "Rotating")
+    assert (late.action, late.reason) == (KeyAction.RESCHEDULE, "Requested")
+    assert (just_staged.action, just_staged.reason) == (KeyAction.KEEP, "Rotating")
 
 
 def test_a_change_of_rotation_settings_alone_only_reschedules():

@@ -11,6 +11,7 @@ history, and the check-and-set write of the record is what makes a rotation happ
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from typing import Any
 
@@ -138,7 +139,8 @@ class KvKeyStore:
                                                      raise_on_deleted_version=True)
             except hvac.exceptions.InvalidPath:
                 return None
-        return _stored_key(0, reply["data"]["data"])
+        return dataclasses.replace(_stored_key(0, reply["data"]["data"]),
+                                   pending_revision=int(reply["data"]["metadata"]["version"]))
 
     def claim(self, mount: str, path: str, owner: str) -> None:
         """Mark the path as ours before the first write, so a crash never leaves an unowned secret."""
@@ -164,16 +166,18 @@ class KvKeyStore:
 
     def write_pending(self, mount: str, path: str, keypair: KeyPair, *, service_name: str,
                       rotate_annotation: str | None, rotation_reason: str, created_at: datetime.datetime,
-                      activate_at: datetime.datetime) -> StoredKey:
-        """Stage the next key, to be promoted at ``activate_at``; only if no pending key exists (cas=0).
+                      activate_at: datetime.datetime, expected_revision: int = 0) -> StoredKey:
+        """Stage the next key, to be promoted at ``activate_at``, if the pending key is still at
+        ``expected_revision`` (0: only if there is none; the revision of the current one: reschedule it).
 
-        Raises VaultWriteConflict when another writer staged one first.
+        Raises VaultWriteConflict when another writer got there first.
         """
         data = _secret_data(keypair, service_name, rotate_annotation, rotation_reason, created_at)
         data["activate_at"] = _format_time(activate_at)
         with vault_call("write_version", f"writing {mount}/{pending_path(path)}"):
-            self._kv.create_or_update_secret(path=pending_path(path), secret=data, cas=0, mount_point=mount)
-        return _stored_key(0, data)
+            reply = self._kv.create_or_update_secret(path=pending_path(path), secret=data, cas=expected_revision,
+                                                     mount_point=mount)
+        return dataclasses.replace(_stored_key(0, data), pending_revision=int(reply["data"]["version"]))
 
     def delete_pending(self, mount: str, path: str) -> None:
         """Forget the pending key (after its promotion, or when the spec changed under it)."""

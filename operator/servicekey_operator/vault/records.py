@@ -33,6 +33,8 @@ class StoredKey:
     rotation_reason: str = ""
     activate_at: datetime.datetime | None = None
     transit: TransitRef | None = None
+    # For a pending key: the KV version of <path>/pending, which a check-and-set reschedule names.
+    pending_revision: int = 0
     private_pem: str = field(default="", repr=False)
 
     @property
