@@ -295,10 +295,11 @@ class Reconciler:
         if history.pending is not None:
             await asyncio.to_thread(self.store.delete_pending, mount, path)
         if decision.action is KeyAction.STAGE:
-            if decision.reason == "Scheduled":  # staged publishAhead early: sign from the tick itself
-                activate_at = max(now, scheduled_time(desired, history.current) or now)
-            else:
-                activate_at = now + datetime.timedelta(seconds=desired.rotation.publish_ahead_seconds)
+            # A scheduled key staged on time signs from the tick itself; one staged late (the operator
+            # was down at tick - publishAhead) still gets its full publishAhead before it signs.
+            activate_at = now + datetime.timedelta(seconds=desired.rotation.publish_ahead_seconds)
+            if decision.reason == "Scheduled":
+                activate_at = max(activate_at, scheduled_time(desired, history.current) or activate_at)
             pending = await asyncio.to_thread(
                 self.store.write_pending, mount, path, keypair, service_name=desired.service_name,
                 rotate_annotation=desired.rotate_request, rotation_reason=decision.reason, created_at=now,
