@@ -116,7 +116,6 @@ async def run_pass(state: OperatorState, body: Mapping[str, Any], logger: loggin
             desired = _desired(state, body)
             with metrics.reconcile_timer():
                 outcome = await state.reconciler.reconcile(desired, now, published_kid=observed.get("keyId"),
-                                                           expect_pending=bool(observed.get("pendingKeyId")),
                                                            expect_copies=bool(observed.get("publishedNamespaces")))
             await _record_success(state, key, body, desired, outcome, now)
         except ServiceKeyError as failure:

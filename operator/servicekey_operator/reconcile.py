@@ -187,20 +187,18 @@ class Reconciler:
         self.logger = logger or logging.getLogger(__name__)
 
     async def reconcile(self, desired: DesiredKey, now: datetime.datetime, *, published_kid: str | None = None,
-                        expect_pending: bool = False, expect_copies: bool = False) -> Outcome:
+                        expect_copies: bool = False) -> Outcome:
         """Bring Vault and the ConfigMaps in line with ``desired``; return what was done.
 
         ``published_kid`` is the key id the status last reported (it words the events);
-        ``expect_pending`` says the status reported a pending key, so it must be looked for even if
-        ``publishAhead`` has been switched off since; ``expect_copies`` says the status lists copies in
+        ``expect_copies`` says the status lists copies in
         other namespaces, which must be cleaned up even if the spec no longer asks for any.
         """
         existing = await asyncio.to_thread(self.kube.read_configmap, desired.namespace, desired.configmap_name)
         if existing is not None and not publish.is_ours(existing, desired):
             raise ConfigMapConflict(f"ConfigMap {desired.namespace}/{desired.configmap_name} exists and is "
                                     "not managed by this ServiceKey; it is left untouched")
-        with_pending = expect_pending or desired.rotation.publish_ahead_seconds > 0
-        outcome = await self._ensure_key(desired, now, published_kid, published_kids(existing), with_pending)
+        outcome = await self._ensure_key(desired, now, published_kid, published_kids(existing))
         outcome.configmap_written = await asyncio.to_thread(self._publish, desired, outcome.history, existing)
         if outcome.configmap_written and outcome.decision.reason != "Created":  # "Generated" says it already
             outcome.events.append(Event("Normal", "Published",
@@ -243,11 +241,13 @@ class Reconciler:
                 self.kube.delete_configmap(metadata["namespace"], metadata["name"], metadata["resourceVersion"])
 
     async def _ensure_key(self, desired: DesiredKey, now: datetime.datetime, published_kid: str | None,
-                          kids_in_configmap: frozenset[str], with_pending: bool) -> Outcome:
+                          kids_in_configmap: frozenset[str]) -> Outcome:
         for _attempt in range(_CAS_ATTEMPTS):
             history = await asyncio.to_thread(self.store.read, desired.record_mount, desired.vault_path,
                                               desired.owner_id, desired.rotation.retain_previous,
-                                              with_pending=with_pending)
+                                              # Always: a key staged before a crash must be found even
+                                              # if publishAhead was switched off since.
+                                              with_pending=True)
             decision = decide_key(desired, history, kids_in_configmap, now)
             try:
                 return await self._carry_out(desired, history, decision, now, published_kid)
@@ -277,7 +277,8 @@ class Reconciler:
             rescheduled = await asyncio.to_thread(
                 self.store.write_pending, mount, path, _keypair_of(pending), service_name=pending.service_name,
                 rotate_annotation=pending.rotate_annotation, rotation_reason=pending.rotation_reason,
-                created_at=pending.created_at, activate_at=activate_at, expected_revision=pending.pending_revision)
+                created_at=pending.created_at, activate_at=activate_at, owner=desired.owner_id,
+                expected_revision=pending.pending_revision)
             self.logger.info(f"pending key {pending.kid} was not yet published; signing from {activate_at.isoformat()}")
             return Outcome(KeyHistory(history.owner, history.current_version, history.current, history.previous,
                                       rescheduled), decision)
@@ -303,7 +304,7 @@ class Reconciler:
             pending = await asyncio.to_thread(
                 self.store.write_pending, mount, path, keypair, service_name=desired.service_name,
                 rotate_annotation=desired.rotate_request, rotation_reason=decision.reason, created_at=now,
-                activate_at=activate_at)
+                activate_at=activate_at, owner=desired.owner_id)
             crash_point("pending-write")
             self.logger.info(f"staged key {pending.kid}, signing from {activate_at.isoformat()} ({decision.reason})")
             staged = KeyHistory(history.owner, history.current_version, history.current, history.previous, pending)

@@ -18,6 +18,8 @@ from servicekey_operator.keys import KeySpecError, effective_key_size
 ROTATE_ANNOTATION = "servicekey.io/rotate"
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+# Vault's built-in mounts: cubbyhole would silently accept (and keep, per token) whatever is written.
+RESERVED_MOUNTS = frozenset({"cubbyhole", "sys", "identity", "auth"})
 _PATH_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
@@ -105,8 +107,15 @@ def desired_key(namespace: str, name: str, uid: str, spec: Mapping[str, Any],
     if engine == "transit" and publish_ahead_seconds > 0:
         raise InvalidSpec("rotation.publishAhead is not supported with vault.engine transit: Transit signs with "
                           "a new key version as soon as it exists")
-    if not (path == config.path_prefix or path.startswith(config.path_prefix + "/")):
+    # A key lives below its own namespace's folder, so no ServiceKey can name (and so read, promote or
+    # delete) a secret that belongs to another namespace.
+    own_folder = f"{config.path_prefix}/{namespace}/"
+    if not path.startswith(config.path_prefix + "/"):
         raise InvalidSpec(f"vault.path {path!r} is outside the operator's prefix {config.path_prefix!r}/")
+    if not path.startswith(own_folder):
+        raise InvalidSpec(f"vault.path {path!r} must be below {own_folder!r}, this namespace's folder")
+    if mount in RESERVED_MOUNTS:
+        raise InvalidSpec(f"vault.mount {mount!r} is one of Vault's own mounts, not a KV v2 or Transit engine")
     public_key = spec.get("publicKey") or {}
     return DesiredKey(
         namespace=namespace, name=name, uid=uid,

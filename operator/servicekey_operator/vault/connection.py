@@ -28,7 +28,7 @@ import requests
 import requests.adapters
 
 from servicekey_operator.config import VaultSettings
-from servicekey_operator.errors import VaultPermissionDenied, VaultUnavailable, VaultWriteConflict
+from servicekey_operator.errors import InvalidSpec, VaultPermissionDenied, VaultUnavailable, VaultWriteConflict
 from servicekey_operator.metrics import VAULT_REQUEST_DURATION
 from servicekey_operator.vault.auth import TokenManager, login_method
 
@@ -54,6 +54,9 @@ def vault_call(operation: str, what: str) -> Iterator[None]:
         because = (" by the policies of the operator's token (the token itself is valid)"
                    if getattr(denied, POLICY_DENIAL_MARK, False) else "")
         raise VaultPermissionDenied(f"Vault denied {what}: permission denied{because}") from denied
+    except (hvac.exceptions.InvalidPath, hvac.exceptions.UnsupportedOperation) as no_engine:
+        raise InvalidSpec(f"Vault has no engine of the expected kind for {what} (is the mount a KV v2 or "
+                          f"Transit engine?): {type(no_engine).__name__}") from no_engine
     except hvac.exceptions.InvalidRequest as invalid:
         if CAS_MISMATCH_TEXT in str(invalid):
             raise VaultWriteConflict(f"{what}: another writer changed the secret first") from invalid

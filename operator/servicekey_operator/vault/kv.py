@@ -34,6 +34,9 @@ KV_MAX_VERSIONS = 32
 # The key published ahead of use lives beside the secret, so signers reading the secret's latest
 # version never see it before it is promoted.
 PENDING_SUFFIX = "pending"
+# The pending secret names its ServiceKey, so a key's own secret that happens to sit at another key's
+# pending path is never mistaken for (promoted or deleted as) a pending key.
+PENDING_OWNER_FIELD = "owner"
 
 
 def pending_path(path: str) -> str:
@@ -112,7 +115,9 @@ class KvKeyStore:
         """
         metadata = self._metadata(mount, path)
         if metadata is None:
-            return KeyHistory(owner=None, current_version=0, current=None)
+            # Still look: a foreign secret where our pending key would go is a conflict from the start.
+            pending = self._pending(mount, path, owner) if with_pending else None
+            return KeyHistory(owner=None, current_version=0, current=None, pending=pending)
         custom = metadata.get("custom_metadata") or {}
         recorded_owner = custom.get(OWNER_METADATA_KEY)
         current_version = int(metadata.get("current_version") or 0)
@@ -125,22 +130,26 @@ class KvKeyStore:
             holder = f"ServiceKey {recorded_owner}" if recorded_owner else "something other than this operator"
             raise VaultPathConflict(f"{mount}/{path} already holds a secret written by {holder}; "
                                     "it is left untouched")
-        pending = self._pending(mount, path) if with_pending else None
+        pending = self._pending(mount, path, owner) if with_pending else None
         if not live_versions or live_versions[0] != current_version:
             return KeyHistory(owner=recorded_owner, current_version=current_version, current=None, pending=pending)
         keys = [self._version(mount, path, number) for number in live_versions[: retain_previous + 1]]
         return KeyHistory(owner=recorded_owner, current_version=current_version, current=keys[0],
                           previous=tuple(keys[1:]), pending=pending)
 
-    def _pending(self, mount: str, path: str) -> StoredKey | None:
+    def _pending(self, mount: str, path: str, owner: str) -> StoredKey | None:
         with vault_call("read_version", f"reading {mount}/{pending_path(path)}"):
             try:
                 reply = self._kv.read_secret_version(path=pending_path(path), mount_point=mount,
                                                      raise_on_deleted_version=True)
             except hvac.exceptions.InvalidPath:
                 return None
-        return dataclasses.replace(_stored_key(0, reply["data"]["data"]),
-                                   pending_revision=int(reply["data"]["metadata"]["version"]))
+        data = reply["data"]["data"]
+        if data.get(PENDING_OWNER_FIELD) != owner:
+            # Another key's secret that merely sits where ours would keep its pending key.
+            raise VaultPathConflict(f"{mount}/{pending_path(path)} holds a secret that is not this ServiceKey's "
+                                    "pending key; it is left untouched")
+        return dataclasses.replace(_stored_key(0, data), pending_revision=int(reply["data"]["metadata"]["version"]))
 
     def claim(self, mount: str, path: str, owner: str) -> None:
         """Mark the path as ours before the first write, so a crash never leaves an unowned secret."""
@@ -166,14 +175,14 @@ class KvKeyStore:
 
     def write_pending(self, mount: str, path: str, keypair: KeyPair, *, service_name: str,
                       rotate_annotation: str | None, rotation_reason: str, created_at: datetime.datetime,
-                      activate_at: datetime.datetime, expected_revision: int = 0) -> StoredKey:
+                      activate_at: datetime.datetime, owner: str, expected_revision: int = 0) -> StoredKey:
         """Stage the next key, to be promoted at ``activate_at``, if the pending key is still at
         ``expected_revision`` (0: only if there is none; the revision of the current one: reschedule it).
 
         Raises VaultWriteConflict when another writer got there first.
         """
         data = _secret_data(keypair, service_name, rotate_annotation, rotation_reason, created_at)
-        data["activate_at"] = _format_time(activate_at)
+        data.update(activate_at=_format_time(activate_at), **{PENDING_OWNER_FIELD: owner})
         with vault_call("write_version", f"writing {mount}/{pending_path(path)}"):
             reply = self._kv.create_or_update_secret(path=pending_path(path), secret=data, cas=expected_revision,
                                                      mount_point=mount)
