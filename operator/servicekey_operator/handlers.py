@@ -116,7 +116,8 @@ async def run_pass(state: OperatorState, body: Mapping[str, Any], logger: loggin
             desired = _desired(state, body)
             with metrics.reconcile_timer():
                 outcome = await state.reconciler.reconcile(desired, now, published_kid=observed.get("keyId"),
-                                                           expect_copies=bool(observed.get("publishedNamespaces")))
+                                                           expect_copies=bool(observed.get("publishedNamespaces")),
+                                                           previous_configmap=observed.get("configMapName"))
             await _record_success(state, key, body, desired, outcome, now)
         except ServiceKeyError as failure:
             failures = state.consecutive_failures[key] = state.consecutive_failures.get(key, 0) + 1

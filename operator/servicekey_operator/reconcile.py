@@ -187,12 +187,13 @@ class Reconciler:
         self.logger = logger or logging.getLogger(__name__)
 
     async def reconcile(self, desired: DesiredKey, now: datetime.datetime, *, published_kid: str | None = None,
-                        expect_copies: bool = False) -> Outcome:
+                        expect_copies: bool = False, previous_configmap: str | None = None) -> Outcome:
         """Bring Vault and the ConfigMaps in line with ``desired``; return what was done.
 
         ``published_kid`` is the key id the status last reported (it words the events);
-        ``expect_copies`` says the status lists copies in
-        other namespaces, which must be cleaned up even if the spec no longer asks for any.
+        ``expect_copies`` says the status lists copies in other namespaces, which must be cleaned up even
+        if the spec no longer asks for any; ``previous_configmap`` is the ConfigMap the status last named,
+        removed (if ours) when ``publicKey.configMapName`` has changed since.
         """
         existing = await asyncio.to_thread(self.kube.read_configmap, desired.namespace, desired.configmap_name)
         if existing is not None and not publish.is_ours(existing, desired):
@@ -205,6 +206,8 @@ class Reconciler:
                                         f"ConfigMap {desired.configmap_name} publishes kid {outcome.current.kid}"
                                         + (f" and pending {outcome.history.pending.kid}"
                                            if outcome.history.pending else "")))
+        if previous_configmap and previous_configmap != desired.configmap_name:
+            await asyncio.to_thread(self._remove_former_configmap, desired, previous_configmap)
         if expect_copies or desired.target_namespaces or desired.namespace_selector is not None:
             outcome.published_namespaces, outcome.refused = await asyncio.to_thread(
                 self._publish_copies, desired, outcome.history)
@@ -232,6 +235,11 @@ class Reconciler:
             published.append(namespace)
         self._remove_copies(desired, keep=set(published))
         return tuple(published), tuple(sorted(refused, key=lambda refusal: refusal.namespace))
+
+    def _remove_former_configmap(self, desired: DesiredKey, name: str) -> None:
+        former = self.kube.read_configmap(desired.namespace, name)
+        if former is not None and publish.is_ours(former, desired):
+            self.kube.delete_configmap(desired.namespace, name, former["metadata"]["resourceVersion"])
 
     def _remove_copies(self, desired: DesiredKey, keep: set[str]) -> None:
         for copy in self.kube.list_configmaps(publish.copies_selector(desired)):

@@ -129,6 +129,18 @@ def test_delete_policy_removes_the_vault_secret(operator: OperatorProcess, servi
     wait_for(lambda: servicekeys.configmap("doomed-public") is None, 60, "the GC to delete the ConfigMap")
 
 
+def test_renaming_the_configmap_moves_the_publication(operator: OperatorProcess, servicekeys: ServiceKeys):
+    servicekeys.create("renamed", {"algorithm": "EdDSA"})
+    kid = servicekeys.wait_ready("renamed")["status"]["keyId"]
+
+    servicekeys.patch("renamed", {"spec": {"publicKey": {"configMapName": "renamed-jwks"}}})
+    status = servicekeys.wait_ready("renamed")["status"]
+
+    assert status["configMapName"] == "renamed-jwks" and status["keyId"] == kid
+    assert servicekeys.configmap("renamed-jwks").data["kid"] == kid
+    wait_for(lambda: servicekeys.configmap("renamed-public") is None, 10, "the former ConfigMap to be removed")
+
+
 @pytest.mark.parametrize("tamper", ["delete", "edit"])
 def test_a_tampered_configmap_is_restored_from_vault(operator: OperatorProcess, servicekeys: ServiceKeys,
                                                     tamper: str):
