@@ -12,6 +12,7 @@ import kubernetes.config
 import pytest
 
 from servicekey_operator.devcluster.environment import DevEnvironment
+from servicekey_operator.devcluster.openbao import OpenBaoServer
 from servicekey_operator.devcluster.operator_process import OperatorProcess
 from tests.support import ServiceKeys
 
@@ -82,3 +83,12 @@ def operator(dev_env: DevEnvironment, tmp_path_factory: pytest.TempPathFactory) 
 def servicekeys(kube_client: kubernetes.client.ApiClient, namespace: str, dev_env: DevEnvironment) -> ServiceKeys:
     """Create, read and wait on ServiceKeys in the test's namespace."""
     return ServiceKeys(kube_client, namespace, dev_env)
+
+
+@pytest.fixture
+def persistent_vault(dev_env: DevEnvironment, tmp_path: Path) -> Iterator[OpenBaoServer]:
+    """An OpenBao with raft storage, so its data survives a stop and start."""
+    server = OpenBaoServer(dev_env.binaries.bao, tmp_path / "openbao", persistent=True)
+    server.start()
+    yield server
+    server.stop()

@@ -14,8 +14,7 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import hvac.exceptions
 import pytest
@@ -35,15 +34,6 @@ KEYS = int(os.environ.get("SERVICEKEY_CHAOS_KEYS", "40"))
 CONVERGENCE_BOUND_SECONDS = 120
 ALGORITHMS = ("ES256", "EdDSA", "ES384", "RS256")
 TRANSIENT = (ApiException, urllib3.exceptions.HTTPError, OSError)
-
-
-@pytest.fixture
-def chaos_vault(dev_env: DevEnvironment, tmp_path: Path) -> Iterator[OpenBaoServer]:
-    """OpenBao with raft storage, so a restart keeps every key."""
-    server = OpenBaoServer(dev_env.binaries.bao, tmp_path / "openbao", persistent=True)
-    server.start()
-    yield server
-    server.stop()
 
 
 class Workload:
@@ -116,11 +106,11 @@ def _record_versions(vault: OpenBaoServer, namespace: str, name: str) -> list[di
 
 
 def test_everything_converges_and_holds_the_invariants_after_chaos(
-        dev_env: DevEnvironment, chaos_vault: OpenBaoServer, start_operator: Callable[..., OperatorProcess],
+        dev_env: DevEnvironment, persistent_vault: OpenBaoServer, start_operator: Callable[..., OperatorProcess],
         servicekeys: ServiceKeys, kube_client):
     rng = random.Random(SEED)
     print(f"chaos seed {SEED}: {KEYS} keys, {SECONDS:.0f}s of workload")
-    env = {"VAULT_ADDR": chaos_vault.addr, "VAULT_TOKEN": chaos_vault.root_token}
+    env = {"VAULT_ADDR": persistent_vault.addr, "VAULT_TOKEN": persistent_vault.root_token}
     operator = start_operator(**env)
     workload = Workload(servicekeys, rng)
     faults: Counter[str] = Counter()
@@ -135,7 +125,7 @@ def test_everything_converges_and_holds_the_invariants_after_chaos(
                 operator.kill()
                 operator = start_operator(**env)
             elif fault == "restart-openbao":
-                chaos_vault.restart()
+                persistent_vault.restart()
             elif fault == "restart-apiserver":
                 dev_env.kube.apiserver.stop()
                 dev_env.kube.start_apiserver()
@@ -165,7 +155,7 @@ def test_everything_converges_and_holds_the_invariants_after_chaos(
     wait_for(converged, CONVERGENCE_BOUND_SECONDS, f"every ServiceKey to converge {context}", interval=0.5)
 
     def blocking_violations() -> list[invariants.Violation]:
-        violations = invariants.check(kube_client, chaos_vault.client(), namespaces=[servicekeys.namespace],
+        violations = invariants.check(kube_client, persistent_vault.client(), namespaces=[servicekeys.namespace],
                                       etcd_endpoint=dev_env.kube.etcd_endpoint)
         return [v for v in violations if not v.informational]
     # Ready is not the end: a ConfigMap repaired on the next retry, and the garbage collector removing the
@@ -178,14 +168,14 @@ def test_everything_converges_and_holds_the_invariants_after_chaos(
     assert blocking == [], f"invariant violations {context}: {[str(v) for v in blocking]}"
 
     for name in workload.live:
-        versions = _record_versions(chaos_vault, servicekeys.namespace, name)
+        versions = _record_versions(persistent_vault, servicekeys.namespace, name)
         answered = [v["rotate_annotation"] for v in versions if v.get("rotation_reason") == "Requested"]
         assert len(answered) == len(set(answered)), f"{name}: a rotation request answered twice {context}"
         assert len(answered) <= workload.requested[name], f"{name}: more rotations than requests {context}"
         if workload.requested[name]:
             assert versions[-1]["rotate_annotation"] == f"r{workload.requested[name]}", \
                 f"{name}: the last request is unanswered {context}"
-    metadata = chaos_vault.client().secrets.kv.v2
+    metadata = persistent_vault.client().secrets.kv.v2
     for name in (n for n in workload.deleted if workload.deletion_policy[n] == "Delete"):
         with pytest.raises(hvac.exceptions.InvalidPath):
             metadata.read_secret_metadata(path=f"servicekeys/{servicekeys.namespace}/{name}", mount_point="secret")

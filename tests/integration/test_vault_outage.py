@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from servicekey_operator.devcluster.environment import DevEnvironment
 from servicekey_operator.devcluster.openbao import OpenBaoServer
 from servicekey_operator.devcluster.operator_process import OperatorProcess
 from tests.support import ServiceKeys, ready_condition, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def persistent_vault(dev_env: DevEnvironment, tmp_path: Path) -> Iterator[OpenBaoServer]:
-    """An OpenBao with raft storage, so its data survives a stop and start."""
-    server = OpenBaoServer(dev_env.binaries.bao, tmp_path / "openbao", persistent=True)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -96,44 +96,24 @@ listener "tcp" {{
         if not self.persistent:
             return [str(self.bao_binary), "server", "-dev", f"-dev-root-token-id={DEV_ROOT_TOKEN}",
                     f"-dev-listen-address=127.0.0.1:{self.port}", "-dev-no-store-token"]
-        if self.tls:
-            return self._persistent_tls_argv()
         cluster_port = free_port()
         (self.workdir / "raft").mkdir(exist_ok=True)
+        # With TLS the test listener is the TLS one and a plain one serves the harness on the admin port.
+        tls_listener = self._tls_listener() if self.tls else ""
         config = self.workdir / "openbao.hcl"
         config.write_text(f"""
 storage "raft" {{
   path = "{self.workdir / 'raft'}"
   node_id = "dev"
 }}
-listener "tcp" {{
-  address = "127.0.0.1:{self.port}"
-  cluster_address = "127.0.0.1:{cluster_port}"
-  tls_disable = true
-}}
-api_addr = "{self.addr}"
-cluster_addr = "http://127.0.0.1:{cluster_port}"
-disable_mlock = true
-""")
-        return [str(self.bao_binary), "server", f"-config={config}"]
-
-    def _persistent_tls_argv(self) -> list[str]:
-        cluster_port = free_port()
-        (self.workdir / "raft").mkdir(exist_ok=True)
-        config = self.workdir / "openbao.hcl"
-        config.write_text(f"""
-storage "raft" {{
-  path = "{self.workdir / 'raft'}"
-  node_id = "dev"
-}}
-{self._tls_listener()}
+{tls_listener}
 listener "tcp" {{
   address = "127.0.0.1:{self.admin_port}"
   cluster_address = "127.0.0.1:{cluster_port}"
   tls_disable = true
 }}
 api_addr = "{self.addr}"
-cluster_addr = "https://127.0.0.1:{cluster_port}"
+cluster_addr = "{"https" if self.tls else "http"}://127.0.0.1:{cluster_port}"
 disable_mlock = true
 """)
         return [str(self.bao_binary), "server", f"-config={config}"]
