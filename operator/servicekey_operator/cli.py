@@ -12,15 +12,22 @@ import time
 from servicekey_operator.config import ConfigError, OperatorConfig
 
 
+def _config(command: str) -> OperatorConfig | None:
+    """The settings from the environment, or None after saying on stderr what is wrong with them."""
+    try:
+        return OperatorConfig.from_env()
+    except ConfigError as bad:
+        print(f"{command}: configuration error: {bad}", file=sys.stderr)
+        return None
+
+
 def _run(_: argparse.Namespace) -> int:
     import kopf
 
     from servicekey_operator import handlers  # noqa: F401 - importing registers the kopf handlers
 
-    try:
-        config = OperatorConfig.from_env()
-    except ConfigError as bad:
-        print(f"servicekey-operator: configuration error: {bad}", file=sys.stderr)
+    config = _config("servicekey-operator")
+    if config is None:
         return 2
     kopf.configure(verbose=False, log_format=kopf.LogFormat.JSON if config.log_format == "json"
                    else kopf.LogFormat.FULL)
@@ -71,10 +78,8 @@ def _check(args: argparse.Namespace) -> int:
     from servicekey_operator.kubeapi import api_client
     from servicekey_operator.vault.connection import VaultConnection
 
-    try:
-        config = OperatorConfig.from_env()
-    except ConfigError as bad:
-        print(f"servicekey-operator check: configuration error: {bad}", file=sys.stderr)
+    config = _config("servicekey-operator check")
+    if config is None:
         return 2
     try:
         violations = invariants.check(api_client(), VaultConnection(config.vault).client,

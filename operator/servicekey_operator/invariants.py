@@ -53,6 +53,7 @@ from servicekey_operator import keys, publish
 from servicekey_operator.config import OperatorConfig, VaultSettings
 from servicekey_operator.errors import InvalidSpec
 from servicekey_operator.spec import DesiredKey, desired_key
+from servicekey_operator.vault.kv import PENDING_SUFFIX
 from servicekey_operator.vault.records import OWNER_METADATA_KEY
 
 __all__ = [
@@ -94,7 +95,6 @@ SHARED_KEY = "SharedKey"
 # Proposed: the operator records the deletion policy in custom_metadata when it claims a path, so an
 # orphan left by a failed Delete can be told from a Retain leftover. Honoured when present.
 DELETION_POLICY_METADATA_KEY = "servicekey.io/deletion-policy"
-PENDING_SUFFIX = "pending"
 PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi")
 # Secret types whose job is to hold private keys that are not ours: armour there is expected.
 KEY_HOLDING_SECRET_TYPES = ("kubernetes.io/tls", "kubernetes.io/ssh-auth")

@@ -57,8 +57,3 @@ class KeyHistory:
     current: StoredKey | None
     previous: tuple[StoredKey, ...] = ()
     pending: StoredKey | None = None
-
-    @property
-    def is_empty(self) -> bool:
-        """True when the path holds no live key version."""
-        return self.current is None
