@@ -36,6 +36,8 @@ CONFLICT_RECHECK_SECONDS = 60.0
 KOPF_STORAGE_PREFIX = "kopf.servicekey.io"
 IO_THREADS = 32
 CONCURRENT_PASSES = 16
+# How long a finalized key's uid is remembered, so a pass that was already queued for it stands down.
+FINALIZED_MEMORY_SECONDS = 300.0
 ObjectKey = tuple[str, str]
 
 
@@ -57,6 +59,7 @@ class OperatorState:
     next_pass_at: dict[ObjectKey, datetime.datetime] = field(default_factory=dict)
     publishing_elsewhere: set[ObjectKey] = field(default_factory=set)
     consecutive_failures: dict[ObjectKey, int] = field(default_factory=dict)
+    finalizing: dict[ObjectKey, str] = field(default_factory=dict)
     # Passes in flight at once: a burst of new keys then finishes roughly in arrival order, instead of
     # every key's each step queuing behind the same step of all the others.
     passes_in_flight: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(CONCURRENT_PASSES))
@@ -70,11 +73,21 @@ class OperatorState:
         self.next_pass_at[key] = at
         self.wakeup(key).set()
 
+    def lock(self, key: ObjectKey) -> asyncio.Lock:
+        """The lock that serialises every pass and the finalizer of one key."""
+        return self.locks.setdefault(key, asyncio.Lock())
+
     def forget(self, key: ObjectKey) -> None:
         """Drop all per-key state once the ServiceKey is gone."""
         for table in (self.locks, self.wakeups, self.next_pass_at, self.consecutive_failures):
             table.pop(key, None)
         self.publishing_elsewhere.discard(key)
+        uid = self.finalizing.get(key)
+        asyncio.get_running_loop().call_later(FINALIZED_MEMORY_SECONDS, self._unmark_finalizing, key, uid)
+
+    def _unmark_finalizing(self, key: ObjectKey, uid: str | None) -> None:
+        if self.finalizing.get(key) == uid:
+            del self.finalizing[key]
 
 
 def _now() -> datetime.datetime:
@@ -110,7 +123,11 @@ async def run_pass(state: OperatorState, body: Mapping[str, Any], logger: loggin
     key: ObjectKey = (meta["namespace"], meta["name"])
     generation = meta.get("generation")
     observed = body.get("status") or {}
-    async with state.locks.setdefault(key, asyncio.Lock()), state.passes_in_flight:
+    async with state.lock(key), state.passes_in_flight:
+        if state.finalizing.get(key) == meta["uid"]:
+            # Queued before the deletion (a daemon wake-up, a ConfigMap event): publishing now would
+            # recreate copies the finalizer has just removed.
+            return
         now = _now()
         try:
             desired = _desired(state, body)
@@ -235,17 +252,19 @@ async def finalize_servicekey(body: kopf.Body, memo: kopf.Memo, logger: logging.
     """Honour deletionPolicy in Vault; the ConfigMap goes with the owner reference."""
     state: OperatorState = memo.state
     key: ObjectKey = (body["metadata"]["namespace"], body["metadata"]["name"])
-    try:
-        desired = _desired(state, body)
-        events = await state.reconciler.finalize(desired)
-    except ServiceKeyError as failure:
-        if not failure.retryable:
+    async with state.lock(key):
+        state.finalizing[key] = body["metadata"]["uid"]
+        try:
+            desired = _desired(state, body)
+            events = await state.reconciler.finalize(desired)
+        except ServiceKeyError as failure:
+            if failure.retryable:
+                raise kopf.TemporaryError(str(failure), delay=backoff_seconds(retry)) from failure
             logger.warning(f"deletion: {failure}")
-            return
-        raise kopf.TemporaryError(str(failure), delay=backoff_seconds(retry)) from failure
-    _post(body, events)
-    metrics.forget(key)
-    state.forget(key)
+        else:
+            _post(body, events)
+        metrics.forget(key)
+        state.forget(key)
 
 
 @kopf.on.event("", "v1", "namespaces")
