@@ -1,7 +1,12 @@
 """kopf wiring only: parse the object, call the reconciler, write status, post events, map errors.
 
-Every path that works on a ServiceKey (create/update/resume handlers, the per-key scheduling daemon,
-ConfigMap drift events) funnels into ``run_pass``, serialised per key by a lock.
+Every path that works on a ServiceKey (its watch events, the per-key scheduling daemon, ConfigMap drift
+events) funnels into ``run_pass``, serialised per key by a lock.
+
+The passes are level-based: each compares the spec with what Vault holds, and the rotate annotation with
+the value recorded in the current key version. So kopf keeps no diff-base on the object (no
+``last-handled-configuration`` PATCH per change); the watch handler runs a pass when a key's generation or
+rotate request is new to this process, which also covers what kopf's resume handlers did after a restart.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from servicekey_operator.errors import ServiceKeyError
 from servicekey_operator.keygen import KeyGenerator
 from servicekey_operator.kubeapi import KubeGateway, api_client
 from servicekey_operator.reconcile import Event, Outcome, Reconciler, next_pass_time, next_rotation_time
-from servicekey_operator.spec import DesiredKey, desired_key
+from servicekey_operator.spec import ROTATE_ANNOTATION, DesiredKey, desired_key
 from servicekey_operator.status import differs, failed_status, ready_status
 from servicekey_operator.vault.connection import VaultConnection
 from servicekey_operator.vault.kv import KvKeyStore
@@ -34,16 +39,30 @@ GROUP, VERSION, PLURAL = publish.API_GROUP, publish.API_VERSION, "servicekeys"
 MAX_BACKOFF_SECONDS = 300.0
 CONFLICT_RECHECK_SECONDS = 60.0
 KOPF_STORAGE_PREFIX = "kopf.servicekey.io"
+FINALIZER = "servicekey.io/finalizer"
 IO_THREADS = 32
 CONCURRENT_PASSES = 16
 # How long a finalized key's uid is remembered, so a pass that was already queued for it stands down.
 FINALIZED_MEMORY_SECONDS = 300.0
 ObjectKey = tuple[str, str]
+# What makes a watch event worth a pass: the object (uid), its spec (generation), the rotate request.
+Trigger = tuple[str, int | None, str | None]
 
 
 def backoff_seconds(retry: int) -> float:
     """Capped exponential backoff with jitter: 1s, 2s, 4s ... up to five minutes."""
     return min(MAX_BACKOFF_SECONDS, 2.0 ** retry) * random.uniform(0.8, 1.2)
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """Keep no last-handled state on the object: the passes are level-based (see the module docstring)."""
+
+    def fetch(self, *, body: kopf.Body) -> None:
+        """Nothing stored, so kopf sees every event as new and leaves the triggering to our watch handler."""
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
+        """Store nothing (one PATCH and one watch event fewer per change)."""
 
 
 @dataclass
@@ -60,6 +79,7 @@ class OperatorState:
     publishing_elsewhere: set[ObjectKey] = field(default_factory=set)
     consecutive_failures: dict[ObjectKey, int] = field(default_factory=dict)
     finalizing: dict[ObjectKey, str] = field(default_factory=dict)
+    handled: dict[ObjectKey, Trigger] = field(default_factory=dict)
     # Passes in flight at once: a burst of new keys then finishes roughly in arrival order, instead of
     # every key's each step queuing behind the same step of all the others.
     passes_in_flight: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(CONCURRENT_PASSES))
@@ -79,7 +99,7 @@ class OperatorState:
 
     def forget(self, key: ObjectKey) -> None:
         """Drop all per-key state once the ServiceKey is gone."""
-        for table in (self.locks, self.wakeups, self.next_pass_at, self.consecutive_failures):
+        for table in (self.locks, self.wakeups, self.next_pass_at, self.consecutive_failures, self.handled):
             table.pop(key, None)
         self.publishing_elsewhere.discard(key)
         uid = self.finalizing.get(key)
@@ -112,8 +132,7 @@ def _desired(state: OperatorState, body: Mapping[str, Any]) -> DesiredKey:
                        meta.get("annotations") or {}, state.config)
 
 
-async def run_pass(state: OperatorState, body: Mapping[str, Any], logger: logging.Logger,
-                   *, raise_for_retry: bool = True) -> None:
+async def run_pass(state: OperatorState, body: Mapping[str, Any], logger: logging.Logger) -> None:
     """One reconcile pass for one ServiceKey, with status, events and error mapping.
 
     Failures back off exponentially per key, whichever path (handler or daemon) hit them; a success
@@ -147,8 +166,6 @@ async def run_pass(state: OperatorState, body: Mapping[str, Any], logger: loggin
                                                                observed, now))
                 if _ready_reason(observed) != failure.reason:  # one Warning per new problem, not per retry
                     _post(body, [Event("Warning", failure.reason, str(failure))])
-            if failure.retryable and raise_for_retry:
-                raise kopf.TemporaryError(str(failure), delay=delay) from failure
             state.schedule(key, now + datetime.timedelta(seconds=delay))
 
 
@@ -183,13 +200,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
                     **_: Any) -> None:
     """Build the shared state once, and tune kopf for a key manager."""
     config: OperatorConfig = memo.config
-    # kopf's bookkeeping in annotations (fewer status writes than its default) under a prefix of its
-    # own: kopf ignores every annotation that shares a prefix with its storage, and servicekey.io/rotate
-    # must stay visible to the update handler.
-    settings.persistence.finalizer = "servicekey.io/finalizer"
+    # kopf's retry bookkeeping for the deletion handler in annotations (not status, where a user-written
+    # status could disturb it) under a prefix of its own; no diff-base at all (see the module docstring).
+    settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_STORAGE_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=KOPF_STORAGE_PREFIX, key="last-handled-configuration")
+    settings.persistence.diffbase_storage = NoDiffBase()
     # A watch that silently dies would stop rotations; have the server close it regularly.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -216,12 +231,25 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     memo.state.keygen.shutdown()
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
-async def reconcile_servicekey(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
-    """Create, update, resume: one reconcile pass."""
-    await run_pass(memo.state, body, logger)
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def servicekey_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, logger: logging.Logger,
+                             **_: Any) -> None:
+    """A pass for a ServiceKey that is new to this process, or whose spec or rotate request changed.
+
+    Status-only and bookkeeping events run nothing. A failed pass is retried by the key's daemon.
+    """
+    state: OperatorState = memo.state
+    meta = body["metadata"]
+    if event["type"] == "DELETED" or meta.get("deletionTimestamp"):
+        return  # the deletion handler owns the end of life
+    if FINALIZER not in (meta.get("finalizers") or []):
+        return  # kopf adds it first, so a key is never written to Vault unguarded; that event brings us back
+    key: ObjectKey = (meta["namespace"], meta["name"])
+    trigger: Trigger = (meta["uid"], meta.get("generation"), (meta.get("annotations") or {}).get(ROTATE_ANNOTATION))
+    if state.handled.get(key) == trigger:
+        return
+    state.handled[key] = trigger
+    await run_pass(state, body, logger)
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
@@ -243,7 +271,7 @@ async def schedule_servicekey(body: kopf.Body, memo: kopf.Memo, logger: logging.
             continue  # woken: the schedule changed, so recompute the sleep
         if body.get("metadata", {}).get("deletionTimestamp"):
             continue
-        await run_pass(state, body, logger, raise_for_retry=False)
+        await run_pass(state, body, logger)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
@@ -281,9 +309,12 @@ async def namespace_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> 
 async def repair_configmap(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     """A published ConfigMap was edited or deleted behind our back: run its ServiceKey's pass now."""
     state: OperatorState = memo.state
-    configmap = event["object"]
-    labels = configmap["metadata"].get("labels") or {}
-    namespace = labels.get(publish.SOURCE_NAMESPACE_LABEL, configmap["metadata"]["namespace"])
+    metadata = event["object"]["metadata"]
+    if event["type"] == "MODIFIED" and state.kube.wrote(metadata["namespace"], metadata["name"],
+                                                        metadata["resourceVersion"]):
+        return  # our own write coming back
+    labels = metadata.get("labels") or {}
+    namespace = labels.get(publish.SOURCE_NAMESPACE_LABEL, metadata["namespace"])
     key: ObjectKey = (namespace, labels.get(publish.NAME_LABEL, ""))
     if key in state.next_pass_at and event["type"] in ("DELETED", "MODIFIED"):
         state.schedule(key, _now())

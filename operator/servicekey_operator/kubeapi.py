@@ -78,6 +78,13 @@ class KubeGateway:
         self.core = kubernetes.client.CoreV1Api(client)
         self.custom = kubernetes.client.CustomObjectsApi(client)
         self.client = client
+        # The resourceVersion of each ConfigMap as we last wrote it, so the drift watch can tell our own
+        # writes coming back from someone else's edits.
+        self._written: dict[tuple[str, str], str] = {}
+
+    def wrote(self, namespace: str, name: str, resource_version: str) -> bool:
+        """Whether this ConfigMap version is the one our last write produced."""
+        return self._written.get((namespace, name)) == resource_version
 
     def read_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The ConfigMap as a plain dict, or None when it does not exist."""
@@ -102,7 +109,7 @@ class KubeGateway:
         metadata = body["metadata"]
         with kube_call("create_configmap", f"creating ConfigMap {metadata['namespace']}/{metadata['name']}"):
             reply = self.core.create_namespaced_config_map(metadata["namespace"], body)
-        return reply.metadata.resource_version
+        return self._remember(metadata["namespace"], metadata["name"], reply.metadata.resource_version)
 
     def replace_configmap(self, body: dict[str, Any], resource_version: str) -> str:
         """Replace a ConfigMap if it is still at ``resource_version`` (optimistic concurrency)."""
@@ -110,10 +117,15 @@ class KubeGateway:
         with kube_call("replace_configmap", f"updating ConfigMap {metadata['namespace']}/{metadata['name']}"):
             reply = self.core.replace_namespaced_config_map(metadata["name"], metadata["namespace"],
                                                             dict(body, metadata=metadata))
-        return reply.metadata.resource_version
+        return self._remember(metadata["namespace"], metadata["name"], reply.metadata.resource_version)
+
+    def _remember(self, namespace: str, name: str, resource_version: str) -> str:
+        self._written[(namespace, name)] = resource_version
+        return resource_version
 
     def delete_configmap(self, namespace: str, name: str, resource_version: str) -> None:
         """Delete a ConfigMap only if it is still the version we inspected."""
+        self._written.pop((namespace, name), None)
         with kube_call("delete_configmap", f"deleting ConfigMap {namespace}/{name}"):
             try:
                 self.core.delete_namespaced_config_map(

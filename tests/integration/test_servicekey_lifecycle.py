@@ -69,6 +69,9 @@ def test_configmap_and_status_follow_the_contract(operator: OperatorProcess, ser
     assert secret["service_name"] == "payments" and secret["algorithm"] == "ES256"
     assert set(secret) >= {"private_key", "public_key", "algorithm", "kid", "service_name", "created_at"}
     assert configmap.data["public.pem"] == secret["public_key"]
+    # kopf keeps no bookkeeping on the object (the passes are level-based): one PATCH fewer per change.
+    assert [name for name in obj["metadata"].get("annotations") or {} if "kopf" in name] == []
+    assert obj["metadata"]["finalizers"] == ["servicekey.io/finalizer"]
 
 
 def test_a_foreign_vault_secret_is_left_untouched_and_reported(operator: OperatorProcess,
