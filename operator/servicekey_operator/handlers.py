@@ -27,8 +27,9 @@ from servicekey_operator import metrics, publish
 from servicekey_operator.config import OperatorConfig
 from servicekey_operator.errors import ServiceKeyError
 from servicekey_operator.keygen import KeyGenerator
+from servicekey_operator.keys import KeyPair, is_rsa
 from servicekey_operator.kubeapi import KubeGateway, api_client
-from servicekey_operator.reconcile import Event, Outcome, Reconciler, next_pass_time, next_rotation_time
+from servicekey_operator.reconcile import Event, Keygen, Outcome, Reconciler, next_pass_time, next_rotation_time
 from servicekey_operator.spec import ROTATE_ANNOTATION, DesiredKey, desired_key
 from servicekey_operator.status import differs, failed_status, ready_status
 from servicekey_operator.vault.connection import VaultConnection
@@ -195,6 +196,23 @@ def _ready_reason(status: Mapping[str, Any]) -> str | None:
     return next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
 
 
+def _rsa_outside_the_pass_limit(keygen: KeyGenerator, passes_in_flight: asyncio.Semaphore) -> Keygen:
+    """Keygen for passes that hold a slot of ``passes_in_flight``.
+
+    While a pass waits for RSA in the process pool (seconds for 4096 bits, behind other RSA keys) it
+    lends its slot, so a burst of RSA keys cannot hold up the EC and Ed25519 keys queued behind it.
+    """
+    async def generate(algorithm: str, key_size: int | None) -> KeyPair:
+        if not is_rsa(algorithm):
+            return await keygen(algorithm, key_size)
+        passes_in_flight.release()
+        try:
+            return await keygen(algorithm, key_size)
+        finally:
+            await passes_in_flight.acquire()
+    return generate
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger,
                     **_: Any) -> None:
@@ -216,10 +234,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     # of new keys behind a handful of requests in flight.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=IO_THREADS))
     keygen = KeyGenerator()
+    passes_in_flight = asyncio.Semaphore(CONCURRENT_PASSES)
     kube = KubeGateway(api_client())
     connection = VaultConnection(config.vault)
-    reconciler = Reconciler(KvKeyStore(connection), TransitKeys(connection), kube, keygen, logger)
-    memo.state = OperatorState(config=config, reconciler=reconciler, kube=kube, keygen=keygen)
+    reconciler = Reconciler(KvKeyStore(connection), TransitKeys(connection), kube,
+                            _rsa_outside_the_pass_limit(keygen, passes_in_flight), logger)
+    memo.state = OperatorState(config=config, reconciler=reconciler, kube=kube, keygen=keygen,
+                               passes_in_flight=passes_in_flight)
     metrics.serve(config.metrics_port)
     logger.info(f"servicekey-operator configured: Vault {config.vault.addr} ({config.vault.auth_method} auth), "
                 f"KV mount {config.kv_mount}, prefix {config.path_prefix}")

@@ -74,3 +74,34 @@ def test_a_servicekey_recreated_under_the_same_name_is_reconciled():
         return reconciler.calls
 
     assert asyncio.run(scenario()) == ["finalize old", "reconcile new"]
+
+
+def test_a_pass_waiting_for_rsa_lends_its_slot_and_takes_it_back():
+    async def scenario() -> list[str]:
+        seen: list[str] = []
+        rsa_started, rsa_release = asyncio.Event(), asyncio.Event()
+
+        async def slow_keygen(algorithm: str, key_size: int | None) -> Any:
+            if algorithm.startswith("RS"):
+                rsa_started.set()
+                await rsa_release.wait()
+            return algorithm
+
+        slots = asyncio.Semaphore(1)
+        generate = handlers._rsa_outside_the_pass_limit(slow_keygen, slots)  # type: ignore[arg-type]
+
+        async def rsa_pass() -> None:
+            async with slots:
+                await generate("RS256", 4096)
+                seen.append(f"rsa done, slot held again: {slots.locked()}")
+
+        async def ec_pass() -> None:
+            await rsa_started.wait()
+            async with slots:
+                seen.append(await generate("ES256", None))
+            rsa_release.set()
+
+        await asyncio.wait_for(asyncio.gather(rsa_pass(), ec_pass()), timeout=5)  # a held slot deadlocks
+        return seen
+
+    assert asyncio.run(scenario()) == ["ES256", "rsa done, slot held again: True"]
