@@ -74,6 +74,9 @@ class OperatorState:
     reconciler: Reconciler
     kube: KubeGateway
     keygen: KeyGenerator
+    # Passes in flight at once: a burst of new keys then finishes roughly in arrival order, instead of
+    # every key's each step queuing behind the same step of all the others.
+    passes_in_flight: asyncio.Semaphore
     locks: dict[ObjectKey, asyncio.Lock] = field(default_factory=dict)
     wakeups: dict[ObjectKey, asyncio.Event] = field(default_factory=dict)
     next_pass_at: dict[ObjectKey, datetime.datetime] = field(default_factory=dict)
@@ -81,9 +84,6 @@ class OperatorState:
     consecutive_failures: dict[ObjectKey, int] = field(default_factory=dict)
     finalizing: dict[ObjectKey, str] = field(default_factory=dict)
     handled: dict[ObjectKey, Trigger] = field(default_factory=dict)
-    # Passes in flight at once: a burst of new keys then finishes roughly in arrival order, instead of
-    # every key's each step queuing behind the same step of all the others.
-    passes_in_flight: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(CONCURRENT_PASSES))
 
     def wakeup(self, key: ObjectKey) -> asyncio.Event:
         """The event that tells a key's daemon to recompute its sleep."""

@@ -42,7 +42,8 @@ def servicekey(uid: str) -> dict[str, Any]:
 
 
 def state_with(reconciler: RecordingReconciler) -> handlers.OperatorState:
-    return handlers.OperatorState(config=CONFIG, reconciler=reconciler, kube=None, keygen=None)  # type: ignore[arg-type]
+    return handlers.OperatorState(config=CONFIG, reconciler=reconciler, kube=None, keygen=None,  # type: ignore[arg-type]
+                                  passes_in_flight=asyncio.Semaphore(handlers.CONCURRENT_PASSES))
 
 
 def test_a_pass_queued_behind_the_finalizer_does_not_publish_again():
