@@ -105,6 +105,9 @@ listener "tcp" {{
 storage "raft" {{
   path = "{self.workdir / 'raft'}"
   node_id = "dev"
+  # Raft's production timings (multiplier 5) make a single node wait ~5-9 s to elect itself during
+  # sys/init, which on a loaded CI machine outlasted the client timeout; 1 is the fastest setting.
+  performance_multiplier = 1
 }}
 {tls_listener}
 listener "tcp" {{
@@ -118,12 +121,12 @@ disable_mlock = true
 """)
         return [str(self.bao_binary), "server", f"-config={config}"]
 
-    def client(self, token: str | None = None) -> hvac.Client:
+    def client(self, token: str | None = None, *, timeout: float = 10) -> hvac.Client:
         """An hvac client for this server (root token unless another is given).
 
         With ``tls=True`` it talks to the plain loopback ``admin_addr``; ``tls_client()`` goes through TLS.
         """
-        return hvac.Client(url=self.admin_addr, token=token or self.root_token, timeout=10)
+        return hvac.Client(url=self.admin_addr, token=token or self.root_token, timeout=timeout)
 
     def tls_client(self, token: str | None = None, *, client_cert: bool = True) -> hvac.Client:
         """An hvac client that reaches ``addr`` over TLS, trusting ``ca_cert_path`` (with ``client_cert``)."""
@@ -155,7 +158,9 @@ disable_mlock = true
         self.process.start()
         self.process.wait_ready(self._answers, timeout_seconds=60)
         if self.persistent:
-            client = self.client()
+            # Initialisation happens once and cannot be retried: a timed-out init leaves a server whose
+            # unseal key we never saw. So it gets a generous timeout.
+            client = self.client(timeout=120)
             generated_root = None
             if not client.sys.is_initialized():
                 init = client.sys.initialize(secret_shares=1, secret_threshold=1)
