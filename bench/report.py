@@ -99,12 +99,15 @@ def _restart_panel(axis: Any, results: dict[str, Any]) -> None:
     timeline = restart.get("timeline") or []
     healthy = restart.get("healthy_seconds") or 0
     if timeline:
-        xs, ys = zip(*timeline, strict=True)
-        axis.plot([x + healthy for x in xs], ys, color="#8172b2", linewidth=2, label="reconcile passes")
+        xs, passes, *ready = zip(*timeline, strict=True)  # results before the trusted restart have no Ready
+        seconds = [x + healthy for x in xs]
+        axis.plot(seconds, passes, color="#8172b2", linewidth=2, label="reconcile passes")
+        if ready:
+            axis.plot(seconds, ready[0], color="#55a868", linewidth=2, label="keys reported Ready")
         axis.axvline(restart.get("settled_seconds") or 0, color="grey", linestyle="--", label="settled")
         axis.legend(fontsize=8, loc="lower right")
     axis.set_xlabel("seconds since the new operator process started")
-    axis.set_ylabel("reconcile passes")
+    axis.set_ylabel("keys")
     axis.set_title(f"restart over {restart.get('servicekeys', '?')} Ready keys")
     text = (f"healthy {_s(healthy)}, settled {_s(restart.get('settled_seconds'))}\n"
             f"operator CPU {_s(restart.get('operator_cpu_seconds'))}\n"
@@ -241,9 +244,10 @@ def figures_markdown(results: dict[str, Any]) -> str:
     if restart:
         lines += ["### Restart over Ready keys", "",
                   f"A new operator over {restart['servicekeys']} Ready ServiceKeys: healthy after "
-                  f"{_s(restart['healthy_seconds'])}, settled (no pass, no Vault request, no ConfigMap or "
-                  f"ServiceKey change for 3 s) after {_s(restart['settled_seconds'])}, "
-                  f"{restart['reconcile_passes']:.0f} reconcile passes, {_s(restart['operator_cpu_seconds'])} "
+                  f"{_s(restart['healthy_seconds'])}, settled (every key reported Ready in the metrics, then no "
+                  f"pass, no Vault request, no ConfigMap or ServiceKey change for 3 s) after "
+                  f"{_s(restart['settled_seconds'])}, {restart['reconcile_passes']:.0f} reconcile passes, "
+                  f"{_s(restart['operator_cpu_seconds'])} "
                   f"operator CPU, RSS {restart['memory']['rss_tree_mib']} MiB.", "",
                   "| writes during the restart | count | target |", "| --- | --- | --- |",
                   f"| Vault (sum of KV `current_version` after - before) | {restart['vault_writes']} | 0 |",

@@ -282,12 +282,12 @@ class Bench:
         ready_at = watcher.wait(name, lambda kid: kid is not None, timeout)
         return None if ready_at is None else ready_at - started
 
-    def wait_quiet(self, *, timeout: float, min_passes: float = 0.0, label: str = "",
-                   timeline: list[tuple[float, float]] | None = None) -> dict[str, Any]:
+    def wait_quiet(self, *, timeout: float, min_ready: float = 0.0, label: str = "",
+                   timeline: list[tuple[float, float, float]] | None = None) -> dict[str, Any]:
         """Wait until the operator stops working and writing: its reconcile pass count and Vault request
         count (scraped every 1.5 s) unchanged, and no ServiceKey or managed ConfigMap write seen by a
-        cluster-wide watch, for QUIET_SECONDS (and at least ``min_passes`` passes done).
-        Returns when the last change was seen."""
+        cluster-wide watch, for QUIET_SECONDS (and at least ``min_ready`` keys reported Ready in its
+        metrics, after a pass or taken in from their status). Returns when the last change was seen."""
         assert self.operator is not None
         started = time.monotonic()
         writes = [Watcher("all-servicekeys", self.cluster.custom.list_cluster_custom_object, lambda _: None,
@@ -303,22 +303,24 @@ class Bench:
                 now = time.monotonic()
                 samples = self.operator.metrics()
                 passes = self.operator.passes(samples)
-                current = (passes, metric(samples, "servicekey_vault_request_duration_seconds_count"))
+                ready = metric(samples, "servicekey_ready_status", condition="True")
+                current = (passes, ready, metric(samples, "servicekey_vault_request_duration_seconds_count"))
                 if timeline is not None:
-                    timeline.append((round(now - started, 2), passes))
+                    timeline.append((round(now - started, 2), passes, ready))
                 if current != fingerprint:
                     fingerprint, last_change = current, now
                 last_change = max([last_change, *(watcher.last_event for watcher in writes)])
                 quiet_for = time.monotonic() - last_change
-                if quiet_for >= QUIET_SECONDS and passes >= min_passes:
+                if quiet_for >= QUIET_SECONDS and ready >= min_ready:
                     return {"settled": True, "seconds": round(max(0.0, last_change - started), 2),
-                            "passes": passes, "write_events_seen": sum(w.events for w in writes)}
+                            "passes": passes, "ready": ready, "write_events_seen": sum(w.events for w in writes)}
                 if now - started > timeout:
-                    say(f"{label}: not quiet after {timeout:.0f}s (passes {passes:.0f})")
+                    say(f"{label}: not quiet after {timeout:.0f}s (passes {passes:.0f}, Ready {ready:.0f})")
                     return {"settled": False, "seconds": round(now - started, 2), "passes": passes,
-                            "write_events_seen": sum(w.events for w in writes)}
+                            "ready": ready, "write_events_seen": sum(w.events for w in writes)}
                 if now >= next_report:
-                    say(f"{label}: settling, {passes:.0f} passes, {sum(w.events for w in writes)} writes seen")
+                    say(f"{label}: settling, {passes:.0f} passes, {ready:.0f} Ready, "
+                        f"{sum(w.events for w in writes)} writes seen")
                     next_report = now + 10
                 time.sleep(1.5)
         finally:
@@ -546,8 +548,8 @@ class Bench:
             "starting a new operator")
         self.operator = Operator(self.env, self.out_dir / "operator-restarted.log", "operator-restarted").start()
         profiler = self.profiler("restart")
-        timeline: list[tuple[float, float]] = []
-        settle = self.wait_quiet(timeout=120 + total * 0.3, min_passes=total, label="restart", timeline=timeline)
+        timeline: list[tuple[float, float, float]] = []
+        settle = self.wait_quiet(timeout=120 + total * 0.3, min_ready=total, label="restart", timeline=timeline)
         profile = profiler.stop() if profiler else None
         settled_seconds = self.operator.start_seconds + settle["seconds"]
         cpu = cpu_seconds(self.operator.pid)
@@ -580,7 +582,7 @@ class Bench:
             "servicekeys": total, "stop_seconds": round(stop_seconds, 2),
             "healthy_seconds": round(self.operator.start_seconds, 2),
             "settled": settle["settled"], "settled_seconds": round(settled_seconds, 2),
-            "reconcile_passes": settle["passes"],
+            "reconcile_passes": settle["passes"], "reported_ready": settle["ready"],
             "operator_cpu_seconds": round(cpu, 2), "memory": memory,
             "vault_writes": vault_writes, "kv_versions_before": sum(kv_before.values()),
             "configmap_writes": cm_writes, "servicekey_writes": sum(sk_changes.values()),

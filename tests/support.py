@@ -12,8 +12,10 @@ import hvac
 import jwt
 import kubernetes.client
 from kubernetes.client.rest import ApiException
+from prometheus_client.parser import text_string_to_metric_families
 
 from servicekey_operator.devcluster.environment import DevEnvironment
+from servicekey_operator.devcluster.operator_process import OperatorProcess
 
 T = TypeVar("T")
 GROUP, VERSION, PLURAL = "servicekey.io", "v1alpha1", "servicekeys"
@@ -29,6 +31,20 @@ def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval:
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
+
+
+MetricSamples = dict[tuple[str, frozenset], float]
+
+
+def metric_samples(operator: OperatorProcess) -> MetricSamples:
+    """The operator's /metrics, parsed with prometheus_client's own parser."""
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(operator.metrics_text()) for sample in family.samples}
+
+
+def metric_value(samples: MetricSamples, metric: str, **labels: str) -> float:
+    """The sample of ``metric`` with exactly ``labels`` (0 when absent)."""
+    return samples.get((metric, frozenset(labels.items())), 0.0)
 
 
 def ready_condition(obj: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,8 @@ events) funnels into ``run_pass``, serialised per key by a lock.
 The passes are level-based: each compares the spec with what Vault holds, and the rotate annotation with
 the value recorded in the current key version. So kopf keeps no diff-base on the object (no
 ``last-handled-configuration`` PATCH per change); the watch handler runs a pass when a key's generation or
-rotate request is new to this process, which also covers what kopf's resume handlers did after a restart.
+rotate request is new to this process. In a restarted operator's first listing, a key whose status proves
+that nothing changed since its last pass gets that pass later, spread over the resync period (``resume``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import datetime
 import logging
 import random
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,10 +32,12 @@ from servicekey_operator.keygen import KeyGenerator
 from servicekey_operator.keys import KeyPair, is_rsa
 from servicekey_operator.kubeapi import KubeGateway, api_client
 from servicekey_operator.reconcile import Event, Keygen, Outcome, Reconciler, next_pass_time, next_rotation_time
+from servicekey_operator.resume import first_pass_time
 from servicekey_operator.spec import ROTATE_ANNOTATION, DesiredKey, desired_key
 from servicekey_operator.status import differs, failed_status, ready_status
 from servicekey_operator.vault.connection import VaultConnection
 from servicekey_operator.vault.kv import KvKeyStore
+from servicekey_operator.vault.records import parse_time
 from servicekey_operator.vault.transit import TransitKeys
 
 GROUP, VERSION, PLURAL = publish.API_GROUP, publish.API_VERSION, "servicekeys"
@@ -45,6 +49,9 @@ IO_THREADS = 32
 CONCURRENT_PASSES = 16
 # How long a finalized key's uid is remembered, so a pass that was already queued for it stands down.
 FINALIZED_MEMORY_SECONDS = 300.0
+# A ConfigMap changed after the listing is caught by the drift watch (``repair_configmap``), but only for
+# keys already known; so the listing is renewed rather than kept across a standby's long wait.
+CONFIGMAP_LISTING_MAX_AGE_SECONDS = 120.0
 ObjectKey = tuple[str, str]
 # What makes a watch event worth a pass: the object (uid), its spec (generation), the rotate request.
 Trigger = tuple[str, int | None, str | None]
@@ -84,6 +91,25 @@ class OperatorState:
     consecutive_failures: dict[ObjectKey, int] = field(default_factory=dict)
     finalizing: dict[ObjectKey, str] = field(default_factory=dict)
     handled: dict[ObjectKey, Trigger] = field(default_factory=dict)
+    # resourceVersions of the source ConfigMaps by (namespace, ConfigMap name), listed when the first
+    # listing of ServiceKeys arrives (at start, or when a standby takes over) and taken out key by key.
+    listed_configmaps: dict[ObjectKey, str] = field(default_factory=dict)
+    listed_at: float | None = None
+    listing: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def listed_configmap_version(self, namespace: str, name: str, logger: logging.Logger) -> str | None:
+        """The resourceVersion the ConfigMap had when listed, and forget it; list again when the listing is
+        older than the first listing of ServiceKeys can take to process."""
+        async with self.listing:
+            if self.listed_at is None or time.monotonic() - self.listed_at > CONFIGMAP_LISTING_MAX_AGE_SECONDS:
+                try:
+                    self.listed_configmaps = await asyncio.to_thread(
+                        self.kube.configmap_versions, publish.SOURCES_SELECTOR, self.config.watch_namespaces)
+                except ServiceKeyError as failure:  # then these keys get their pass now, as on a first start
+                    logger.warning(f"could not list the published ConfigMaps: {failure}")
+                    self.listed_configmaps = {}
+                self.listed_at = time.monotonic()
+        return self.listed_configmaps.pop((namespace, name), None)
 
     def wakeup(self, key: ObjectKey) -> asyncio.Event:
         """The event that tells a key's daemon to recompute its sleep."""
@@ -184,7 +210,8 @@ async def _record_success(state: OperatorState, key: ObjectKey, body: Mapping[st
     outcome.events += [Event("Warning", "PublishRefused", f"not published to namespace {r.namespace}: {r.reason}")
                        for r in outcome.refused if (r.namespace, r.reason) not in refused_before]
     await _write_status(state, body, ready_status(desired, outcome.history, due, body["metadata"].get("generation"),
-                                                  observed, now, outcome.published_namespaces, outcome.refused))
+                                                  observed, now, outcome.configmap_version,
+                                                  outcome.published_namespaces, outcome.refused))
     state.consecutive_failures.pop(key, None)
     resync = now + datetime.timedelta(seconds=state.config.resync_seconds * random.uniform(0.9, 1.1))
     state.schedule(key, min(wake_at, resync) if wake_at else resync)
@@ -269,8 +296,34 @@ async def servicekey_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.M
     trigger: Trigger = (meta["uid"], meta.get("generation"), (meta.get("annotations") or {}).get(ROTATE_ANNOTATION))
     if state.handled.get(key) == trigger:
         return
+    first_sight = key not in state.handled
     state.handled[key] = trigger
+    if event["type"] is None and first_sight and await _resumed_from_status(state, key, body, logger):
+        return
     await run_pass(state, body, logger)
+
+
+async def _resumed_from_status(state: OperatorState, key: ObjectKey, body: Mapping[str, Any],
+                               logger: logging.Logger) -> bool:
+    """Schedule the first pass of a key from the first listing later, if its status allows (see ``resume``)."""
+    try:
+        desired = _desired(state, body)
+    except ServiceKeyError:
+        return False
+    status = body.get("status") or {}
+    if not status.get("configMapResourceVersion"):
+        return False  # never trusted, so spare the listing (a first start over new keys)
+    listed_version = await state.listed_configmap_version(desired.namespace, desired.configmap_name, logger)
+    now = _now()
+    latest = now + datetime.timedelta(seconds=state.config.resync_seconds * random.uniform(0.05, 1.0))
+    first_pass = first_pass_time(desired, status, body["metadata"].get("generation"), listed_version, now, latest)
+    if first_pass is None:
+        return False
+    state.schedule(key, first_pass)
+    next_rotation = status.get("nextRotationTime")
+    metrics.record_settled(key, parse_time(status["lastRotationTime"]),
+                           parse_time(next_rotation) if next_rotation else None)
+    return True
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
@@ -337,5 +390,8 @@ async def repair_configmap(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> N
     labels = metadata.get("labels") or {}
     namespace = labels.get(publish.SOURCE_NAMESPACE_LABEL, metadata["namespace"])
     key: ObjectKey = (namespace, labels.get(publish.NAME_LABEL, ""))
-    if key in state.next_pass_at and event["type"] in ("DELETED", "MODIFIED"):
-        state.schedule(key, _now())
+    if event["type"] in ("DELETED", "MODIFIED"):
+        # A key not seen yet must not be trusted on the strength of the listed version (see ``resume``).
+        state.listed_configmaps.pop((metadata["namespace"], metadata["name"]), None)
+        if key in state.next_pass_at:
+            state.schedule(key, _now())

@@ -104,6 +104,31 @@ class KubeGateway:
                                                                  _preload_content=False)
         return _json(reply)["items"]
 
+    def configmap_versions(self, label_selector: str, namespaces: tuple[str, ...] = (),
+                           page_size: int = 500) -> dict[tuple[str, str], str]:
+        """The resourceVersion of every ConfigMap matching ``label_selector``, by (namespace, name), in
+        ``namespaces`` (all when empty); listed in pages so 10,000 ConfigMaps never sit in memory at once."""
+        versions: dict[tuple[str, str], str] = {}
+        for namespace in namespaces or (None,):
+            token = None
+            while True:
+                with kube_call("list_configmaps", f"listing ConfigMaps {label_selector}"):
+                    if namespace is None:
+                        reply = self.core.list_config_map_for_all_namespaces(
+                            label_selector=label_selector, limit=page_size, _continue=token, _preload_content=False)
+                    else:
+                        reply = self.core.list_namespaced_config_map(
+                            namespace, label_selector=label_selector, limit=page_size, _continue=token,
+                            _preload_content=False)
+                page = _json(reply)
+                for item in page["items"]:
+                    metadata = item["metadata"]
+                    versions[(metadata["namespace"], metadata["name"])] = metadata["resourceVersion"]
+                token = page["metadata"].get("continue")
+                if not token:
+                    break
+        return versions
+
     def create_configmap(self, body: dict[str, Any]) -> str:
         """Create a ConfigMap; return its resourceVersion."""
         metadata = body["metadata"]

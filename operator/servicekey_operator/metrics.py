@@ -51,12 +51,18 @@ def _set_ready(key: tuple[str, str], status: str) -> None:
 
 def record_ready(key: tuple[str, str], outcome: Outcome, next_rotation: datetime.datetime | None) -> None:
     """A pass succeeded: the key is Ready, maybe freshly written."""
-    _set_ready(key, "True")
-    KEY_CREATED.labels(*key).set(outcome.current.created_at.timestamp())
-    if next_rotation:
-        NEXT_ROTATION.labels(*key).set(next_rotation.timestamp())
+    record_settled(key, outcome.current.created_at, next_rotation)
     if outcome.decision.generate:
         ROTATIONS.labels(outcome.decision.reason).inc()
+
+
+def record_settled(key: tuple[str, str], created_at: datetime.datetime,
+                   next_rotation: datetime.datetime | None) -> None:
+    """The key is Ready with a key from ``created_at`` (after a pass, or taken from the status on resume)."""
+    _set_ready(key, "True")
+    KEY_CREATED.labels(*key).set(created_at.timestamp())
+    if next_rotation:
+        NEXT_ROTATION.labels(*key).set(next_rotation.timestamp())
 
 
 def record_failure(key: tuple[str, str], reason: str) -> None:

@@ -158,6 +158,10 @@ def plan_copies(desired: DesiredKey, namespaces: list[Mapping[str, Any]]) -> Cop
     return CopyPlan(tuple(targets), tuple(refused))
 
 
+SOURCES_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY},!{SOURCE_NAMESPACE_LABEL}"
+"""The label selector of every ConfigMap this operator publishes in its ServiceKey's own namespace."""
+
+
 def copies_selector(desired: DesiredKey) -> str:
     """The label selector that finds every copy of this ServiceKey's ConfigMap in other namespaces."""
     return (f"{MANAGED_BY_LABEL}={MANAGED_BY},{NAME_LABEL}={desired.name},"

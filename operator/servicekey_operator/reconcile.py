@@ -153,6 +153,9 @@ class Outcome:
     history: KeyHistory
     decision: KeyDecision
     configmap_written: bool = False
+    # The source ConfigMap's resourceVersion after the pass: a restarted operator trusts a key's status
+    # only while its ConfigMap is still at the version recorded there.
+    configmap_version: str | None = None
     events: list[Event] = field(default_factory=list)
     published_namespaces: tuple[str, ...] = ()
     refused: tuple[publish.Refusal, ...] = ()
@@ -200,7 +203,8 @@ class Reconciler:
             raise ConfigMapConflict(f"ConfigMap {desired.namespace}/{desired.configmap_name} exists and is "
                                     "not managed by this ServiceKey; it is left untouched")
         outcome = await self._ensure_key(desired, now, published_kid, published_kids(existing))
-        outcome.configmap_written = await asyncio.to_thread(self._publish, desired, outcome.history, existing)
+        outcome.configmap_written, outcome.configmap_version = await asyncio.to_thread(
+            self._publish, desired, outcome.history, existing)
         if outcome.configmap_written and outcome.decision.reason != "Created":  # "Generated" says it already
             outcome.events.append(Event("Normal", "Published",
                                         f"ConfigMap {desired.configmap_name} publishes kid {outcome.current.kid}"
@@ -361,16 +365,18 @@ class Reconciler:
         crash_point("vault-write")
         return written
 
-    def _publish(self, desired: DesiredKey, history: KeyHistory, existing: Mapping[str, Any] | None) -> bool:
+    def _publish(self, desired: DesiredKey, history: KeyHistory,
+                 existing: Mapping[str, Any] | None) -> tuple[bool, str]:
+        """Create or update the source ConfigMap if needed; return (written, its resourceVersion)."""
         wanted = publish.desired_configmap(desired, history)
         if existing is None:
-            self.kube.create_configmap(wanted)
+            version = self.kube.create_configmap(wanted)
         elif publish.needs_update(existing, wanted):
-            self.kube.replace_configmap(wanted, existing["metadata"]["resourceVersion"])
+            version = self.kube.replace_configmap(wanted, existing["metadata"]["resourceVersion"])
         else:
-            return False
+            return False, existing["metadata"]["resourceVersion"]
         crash_point("configmap-write")
-        return True
+        return True, version
 
     async def finalize(self, desired: DesiredKey) -> list[Event]:
         """Clean up on deletion: copies in other namespaces (no cross-namespace owner references exist),

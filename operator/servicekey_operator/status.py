@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from servicekey_operator.publish import Refusal
 from servicekey_operator.spec import DesiredKey
 from servicekey_operator.vault.records import KeyHistory
+from servicekey_operator.vault.transit import transit_key_name
 
 
 def rfc3339(moment: datetime.datetime) -> str:
     """UTC time in the form Kubernetes uses (seconds precision, Z suffix)."""
     return moment.astimezone(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def rotate_request_digest(request: str | None) -> str | None:
+    """How the status records a rotate request: its SHA-256 (the annotation may be up to 256 KiB)."""
+    return None if request is None else "sha256:" + hashlib.sha256(request.encode()).hexdigest()
+
+
+def vault_location(desired: DesiredKey) -> str:
+    """Where the key lives, as ``status.vaultPath`` shows it: the KV secret, or the Transit key."""
+    if desired.engine == "transit":
+        return f"{desired.vault_mount}/keys/{transit_key_name(desired.vault_path, desired.algorithm, desired.key_size)}"
+    return f"{desired.vault_mount}/{desired.vault_path}"
 
 
 def with_condition(conditions: Sequence[Mapping[str, Any]], *, type_: str, status: str, reason: str,
@@ -30,11 +44,14 @@ def with_condition(conditions: Sequence[Mapping[str, Any]], *, type_: str, statu
 
 def ready_status(desired: DesiredKey, history: KeyHistory, next_rotation: datetime.datetime | None,
                  generation: int | None, observed: Mapping[str, Any], now: datetime.datetime,
-                 published_namespaces: Sequence[str] = (), refused: Sequence[Refusal] = ()) -> dict[str, Any]:
+                 configmap_version: str | None, published_namespaces: Sequence[str] = (),
+                 refused: Sequence[Refusal] = ()) -> dict[str, Any]:
     """The full status of a ServiceKey whose key is in Vault and published.
 
     While a key is published ahead of use the key still works, so Ready stays True with reason
-    ``Rotating`` and ``pendingKeyId`` names the next key.
+    ``Rotating`` and ``pendingKeyId`` names the next key. ``observedRotateRequest`` and
+    ``configMapResourceVersion`` are what a restarted operator compares to skip the key's first pass
+    (see ``resume``).
     """
     current, pending = history.current, history.pending
     assert current is not None
@@ -51,8 +68,9 @@ def ready_status(desired: DesiredKey, history: KeyHistory, next_rotation: dateti
         "lastRotationTime": rfc3339(current.created_at),
         "nextRotationTime": rfc3339(next_rotation) if next_rotation else None,
         "configMapName": desired.configmap_name,
-        "vaultPath": (f"{desired.vault_mount}/keys/{current.transit.key_name}" if current.transit
-                      else f"{desired.vault_mount}/{desired.vault_path}"),
+        "configMapResourceVersion": configmap_version,
+        "observedRotateRequest": rotate_request_digest(current.rotate_annotation),
+        "vaultPath": vault_location(desired),
         "pendingKeyId": pending.kid if pending else None,
         "publishedNamespaces": list(published_namespaces) or None,
         "refusedNamespaces": [{"namespace": r.namespace, "reason": r.reason} for r in refused] or None,

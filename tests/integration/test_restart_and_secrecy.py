@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from servicekey_operator.devcluster.operator_process import OperatorProcess
-from tests.support import GROUP, PLURAL, VERSION, ServiceKeys
+from tests.support import GROUP, PLURAL, VERSION, ServiceKeys, metric_samples, metric_value, wait_for
 
 pytestmark = pytest.mark.integration
 ALGORITHMS_UNDER_TEST = ("RS256", "ES256", "EdDSA")
@@ -28,27 +28,60 @@ def _snapshot(servicekeys: ServiceKeys, names: tuple[str, ...]) -> dict[str, obj
     return {"vault_versions": vault_versions, "configmap_resource_versions": configmaps}
 
 
-def test_restart_over_ready_keys_writes_nothing_to_vault_or_configmaps(
+def _passes(operator: OperatorProcess) -> float:
+    return metric_value(metric_samples(operator), "servicekey_reconcile_duration_seconds_count")
+
+
+def _reports_ready(operator: OperatorProcess, namespace: str, names: tuple[str, ...]) -> bool:
+    samples = metric_samples(operator)
+    return all(metric_value(samples, "servicekey_ready_status", namespace=namespace, name=name,
+                            condition="True") == 1.0 for name in names)
+
+
+def test_restart_over_ready_keys_writes_nothing_and_defers_their_checks(
         start_operator: Callable[..., OperatorProcess], servicekeys: ServiceKeys):
     first = start_operator()
     names = tuple(f"steady-{algorithm.lower()}" for algorithm in ALGORITHMS_UNDER_TEST)
     for name, algorithm in zip(names, ALGORITHMS_UNDER_TEST, strict=True):
-        servicekeys.create(name, {"algorithm": algorithm})
+        servicekeys.create(name, {"algorithm": algorithm, "rotation": {"period": "720h"}},
+                           annotations={"servicekey.io/rotate": "earlier"})
     for name in names:
         servicekeys.wait_ready(name)
     before = _snapshot(servicekeys, names)
+    statuses = {name: servicekeys.get(name)["status"] for name in names}
     first.stop()
 
     second = start_operator()
-    # The resumed operator runs a full pass per key: wait until it logged one for each, plus a margin.
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and second.log_text().count("reconcile_servicekey") < len(names):
-        time.sleep(0.2)
+    # Taken in from their status: Ready in the metrics, their first pass spread over the resync period.
+    wait_for(lambda: _reports_ready(second, servicekeys.namespace, names), 30, "every key to be reported Ready")
     time.sleep(2)
 
     assert _snapshot(servicekeys, names) == before
+    assert {name: servicekeys.get(name)["status"] for name in names} == statuses
+    assert _passes(second) == 0
+
+
+def test_a_configmap_deleted_or_edited_while_the_operator_was_down_is_restored_at_start(
+        start_operator: Callable[..., OperatorProcess], servicekeys: ServiceKeys):
+    first = start_operator()
+    names = ("cm-deleted", "cm-edited", "cm-untouched")
     for name in names:
-        assert servicekeys.get(name)["status"]["keyVersion"] == 1
+        servicekeys.create(name, {"algorithm": "ES256"})
+    kids = {name: servicekeys.wait_ready(name)["status"]["keyId"] for name in names}
+    first.stop()
+    servicekeys.core.delete_namespaced_config_map("cm-deleted-public", servicekeys.namespace)
+    servicekeys.core.patch_namespaced_config_map("cm-edited-public", servicekeys.namespace,
+                                                 {"data": {"jwks.json": '{"keys": []}'}})
+
+    second = start_operator()
+    for name in ("cm-deleted", "cm-edited"):
+        wait_for(lambda name=name: servicekeys.configmap(f"{name}-public") is not None
+                 and servicekeys.kids(f"{name}-public") == [kids[name]], 30, f"{name}-public to be restored from Vault")
+    wait_for(lambda: _reports_ready(second, servicekeys.namespace, names), 30, "every key to be reported Ready")
+
+    for name in names:
+        assert servicekeys.vault_versions(*servicekeys.vault_path(name)) == 1
+    assert _passes(second) == 2, "only the two keys whose ConfigMap changed needed a pass at start"
 
 
 def test_no_private_key_material_in_any_kubernetes_object_event_or_log(

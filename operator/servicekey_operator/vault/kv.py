@@ -27,6 +27,7 @@ from servicekey_operator.vault.records import (
     KeyHistory,
     StoredKey,
     TransitRef,
+    parse_time,
 )
 
 # Keep more versions than the largest retainPrevious (10) so history outlives the JWKS window.
@@ -48,10 +49,6 @@ def _format_time(moment: datetime.datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def _parse_time(text: str) -> datetime.datetime:
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
 def _stored_key(version: int, data: dict[str, str]) -> StoredKey:
     key_size = data.get("key_size")
     activate_at = data.get("activate_at")
@@ -61,10 +58,10 @@ def _stored_key(version: int, data: dict[str, str]) -> StoredKey:
     return StoredKey(
         version=version, kid=data["kid"], algorithm=data["algorithm"],
         key_size=int(key_size) if key_size else None, public_pem=data["public_key"],
-        service_name=data.get("service_name", ""), created_at=_parse_time(data["created_at"]),
+        service_name=data.get("service_name", ""), created_at=parse_time(data["created_at"]),
         rotate_annotation=data.get("rotate_annotation") or None,
         rotation_reason=data.get("rotation_reason", ""),
-        activate_at=_parse_time(activate_at) if activate_at else None, transit=transit,
+        activate_at=parse_time(activate_at) if activate_at else None, transit=transit,
         private_pem=data.get("private_key", ""),
     )
 

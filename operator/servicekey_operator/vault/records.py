@@ -10,6 +10,11 @@ MANAGED_BY_METADATA_KEY = "managed-by"
 MANAGED_BY = "servicekey-operator"
 
 
+def parse_time(text: str) -> datetime.datetime:
+    """An ISO 8601 / RFC 3339 timestamp as stored in Vault and in status (``Z`` or an offset)."""
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 @dataclass(frozen=True)
 class TransitRef:
     """Where a key generated inside Vault's Transit engine lives: key name and key version."""
