@@ -146,9 +146,13 @@ def _post(body: Mapping[str, Any], events: list[Event]) -> None:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
 
-async def _write_status(state: OperatorState, body: Mapping[str, Any], wanted: dict[str, Any]) -> None:
+async def _write_status(state: OperatorState, body: Mapping[str, Any], wanted: dict[str, Any], *,
+                        turned: bool) -> None:
+    """Patch the status if it differs from what the body shows, and always when the key ``turned`` from
+    failing to passing or back: the body may not show our own last write yet, and skipping then would
+    leave that write (say, a failure another operator's success had just made stale) in place."""
     observed = body.get("status") or {}
-    if differs(observed, wanted):
+    if turned or differs(observed, wanted):
         meta = body["metadata"]
         await asyncio.to_thread(state.kube.patch_status, meta["namespace"], meta["name"], wanted)
 
@@ -190,7 +194,7 @@ async def run_pass(state: OperatorState, body: Mapping[str, Any], logger: loggin
             # Best effort: with the API server down the failure cannot be reported, only retried.
             with contextlib.suppress(ServiceKeyError):
                 await _write_status(state, body, failed_status(failure.reason, str(failure), generation,
-                                                               observed, now))
+                                                               observed, now), turned=failures == 1)
                 if _ready_reason(observed) != failure.reason:  # one Warning per new problem, not per retry
                     _post(body, [Event("Warning", failure.reason, str(failure))])
             state.schedule(key, now + datetime.timedelta(seconds=delay))
@@ -211,7 +215,8 @@ async def _record_success(state: OperatorState, key: ObjectKey, body: Mapping[st
                        for r in outcome.refused if (r.namespace, r.reason) not in refused_before]
     await _write_status(state, body, ready_status(desired, outcome.history, due, body["metadata"].get("generation"),
                                                   observed, now, outcome.configmap_version,
-                                                  outcome.published_namespaces, outcome.refused))
+                                                  outcome.published_namespaces, outcome.refused),
+                        turned=key in state.consecutive_failures)
     state.consecutive_failures.pop(key, None)
     resync = now + datetime.timedelta(seconds=state.config.resync_seconds * random.uniform(0.9, 1.1))
     state.schedule(key, min(wake_at, resync) if wake_at else resync)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 from typing import Any
 
@@ -10,7 +11,10 @@ import pytest
 
 from servicekey_operator import handlers
 from servicekey_operator.config import OperatorConfig, VaultSettings
-from servicekey_operator.reconcile import Outcome
+from servicekey_operator.kubeapi import ConfigMapRaced
+from servicekey_operator.reconcile import KeyAction, KeyDecision, Outcome
+from servicekey_operator.status import ready_status
+from servicekey_operator.vault.records import KeyHistory, StoredKey
 
 CONFIG = OperatorConfig(vault=VaultSettings(addr="http://127.0.0.1:8200", token="t"))
 LOGGER = logging.getLogger("test")
@@ -106,3 +110,52 @@ def test_a_pass_waiting_for_rsa_lends_its_slot_and_takes_it_back():
         return seen
 
     assert asyncio.run(scenario()) == ["ES256", "rsa done, slot held again: True"]
+
+
+class FlakyReconciler:
+    """Fails its first pass the way a lost ConfigMap race does, then succeeds with ``history``."""
+
+    def __init__(self, history: KeyHistory) -> None:
+        self.history = history
+        self.passes = 0
+
+    async def reconcile(self, *_: Any, **__: Any) -> Outcome:
+        self.passes += 1
+        if self.passes == 1:
+            raise ConfigMapRaced("updating ConfigMap team/signer-public: changed concurrently, will retry")
+        return Outcome(self.history, KeyDecision(KeyAction.KEEP, "UpToDate"), configmap_version="7")
+
+
+class StatusRecorder:
+    """Stands in for the Kubernetes gateway: records status patches."""
+
+    def __init__(self) -> None:
+        self.patches: list[dict[str, Any]] = []
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.patches.append(status)
+
+
+def test_a_success_after_a_failure_writes_status_even_when_the_body_has_not_caught_up(monkeypatch):
+    # Two operators raced: the other one's success is what our body shows, and our failure patch (written
+    # after it) is not in the body yet when our retry succeeds. Comparing with the body alone skips the
+    # retry's patch and leaves Ready=False until the next resync.
+    current = StoredKey(version=2, kid="kid-2", algorithm="ES256", key_size=None, public_pem="", service_name="signer",
+                        created_at=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC), rotate_annotation=None,
+                        rotation_reason="Requested")
+    history = KeyHistory(owner="team/signer", current_version=2, current=current)
+    body = servicekey("uid-1")
+    body["metadata"]["generation"] = 1
+    desired = handlers._desired(state_with(RecordingReconciler()), body)
+    body["status"] = ready_status(desired, history, None, 1, {}, datetime.datetime.now(datetime.UTC), "7")
+    monkeypatch.setattr(handlers, "_post", lambda *_: None)
+
+    async def scenario() -> list[str]:
+        state = state_with(FlakyReconciler(history))  # type: ignore[arg-type]
+        recorder = StatusRecorder()
+        state.kube = recorder  # type: ignore[assignment]
+        await handlers.run_pass(state, body, LOGGER)
+        await handlers.run_pass(state, body, LOGGER)
+        return [next(c["status"] for c in patch["conditions"] if c["type"] == "Ready") for patch in recorder.patches]
+
+    assert asyncio.run(scenario()) == ["False", "True"]
