@@ -17,7 +17,7 @@ from servicekey_operator.devcluster.openbao import OpenBaoServer
 from servicekey_operator.devcluster.operator_process import OperatorProcess
 from servicekey_operator.devcluster.pki import DevCertificateAuthority
 from servicekey_operator.errors import VaultUnavailable
-from servicekey_operator.vault.connection import VaultConnection
+from servicekey_operator.vault.connection import VaultConnection, vault_call
 from tests.support import ServiceKeys, ready_condition
 
 pytestmark = pytest.mark.integration
@@ -97,8 +97,8 @@ def test_server_name_and_client_certificate_settings_each_matter(mtls_vault: Ope
 
     def health(settings: VaultSettings) -> dict:
         connection = VaultConnection(settings, timeout_seconds=5)
-        return connection.call("health", "reading sys/health",
-                               lambda client: client.sys.read_health_status(method="GET"))
+        with vault_call("health", "reading sys/health"):
+            return connection.client.sys.read_health_status(method="GET")
 
     assert health(complete)["initialized"] is True
     with pytest.raises(VaultUnavailable, match="does not name the host in VAULT_ADDR; set VAULT_TLS_SERVER_NAME"):

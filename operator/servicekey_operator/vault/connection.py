@@ -18,8 +18,8 @@ import contextlib
 import re
 import ssl
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import hvac
 import hvac.adapters
@@ -37,7 +37,6 @@ CAS_MISMATCH_TEXT = "check-and-set"
 POLICY_DENIAL_MARK = "servicekey_policy_denial"
 # Worker threads share one connection pool per Vault host; size it like the default thread pool.
 POOL_SIZE = 32
-T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -257,12 +256,3 @@ class VaultConnection:
         tokens.ensure_fresh()
         assert self._client is not None
         return self._client
-
-    def call(self, operation: str, what: str, request: Callable[[hvac.Client], T]) -> T:
-        """Run ``request(client)`` as one timed Vault operation with our error translation.
-
-        A request rejected because the token expired or was revoked is retried once after a new login
-        (by the client itself, so this holds for ``client`` users too).
-        """
-        with vault_call(operation, what):
-            return request(self.client)
