@@ -16,10 +16,10 @@ Vault (and, if asked, the raw etcd keyspace) and returns every violation it can 
   key held in the records of two ServiceKeys (``SharedKey``).
 
 Limits, by construction of an at-rest check:
-- An orphaned secret is informational: the deleted ServiceKey's spec is gone, so a secret kept on
-  purpose by ``deletionPolicy: Retain`` cannot be told from one a ``Delete`` failed to remove. If the
-  record's custom_metadata names its deletion policy (``servicekey.io/deletion-policy``), a ``Delete``
-  leftover is reported as a violation instead.
+- The operator records each owner's deletion policy in the secret's custom_metadata
+  (``servicekey.io/deletion-policy``), so a ``Delete`` leftover is reported as a violation. A secret
+  without it (claimed by an operator from before that record) is an informational orphan: the deleted
+  ServiceKey's spec is gone, so a ``Retain`` kept on purpose cannot be told from a failed ``Delete``.
 - Only at-rest state is seen: a key that signed before it was published, or a rotation that produced two
   keys, leaves no mark that can be told from legitimate history. Invariants 4-6 need the test suites.
 - The etcd scan reads the latest revision only (not the MVCC history), and sees nothing if etcd
@@ -54,7 +54,7 @@ from servicekey_operator.config import OperatorConfig, VaultSettings
 from servicekey_operator.errors import InvalidSpec
 from servicekey_operator.spec import DesiredKey, desired_key
 from servicekey_operator.vault.kv import PENDING_SUFFIX
-from servicekey_operator.vault.records import OWNER_METADATA_KEY
+from servicekey_operator.vault.records import DELETION_POLICY_METADATA_KEY, OWNER_METADATA_KEY
 
 __all__ = [
     "CONFIGMAP_OWNERSHIP",
@@ -92,9 +92,6 @@ JWKS_MISMATCH = "JwksMismatch"
 CONFIGMAP_OWNERSHIP = "ConfigMapOwnership"
 ORPHANED_SECRET = "OrphanedSecret"
 SHARED_KEY = "SharedKey"
-# Proposed: the operator records the deletion policy in custom_metadata when it claims a path, so an
-# orphan left by a failed Delete can be told from a Retain leftover. Honoured when present.
-DELETION_POLICY_METADATA_KEY = "servicekey.io/deletion-policy"
 PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi")
 # Secret types whose job is to hold private keys that are not ours: armour there is expected.
 KEY_HOLDING_SECRET_TYPES = ("kubernetes.io/tls", "kubernetes.io/ssh-auth")
@@ -640,11 +637,16 @@ def orphan_violations(records: Iterable[KeyRecord], live: Iterable[tuple[str, st
             found.append(Violation(None, ORPHANED_SECRET, "VaultSecret", record.location,
                                    f"owned by ServiceKey {record.owner}, which no longer exists, and its "
                                    "deletionPolicy was Delete", possibly_retained=False))
+        elif policy == "Retain":
+            found.append(Violation(None, ORPHANED_SECRET, "VaultSecret", record.location,
+                                   f"owned by ServiceKey {record.owner}, which no longer exists "
+                                   f"({len(record.versions)} live version(s)): kept by its deletionPolicy Retain",
+                                   informational=True, possibly_retained=True))
         else:
             found.append(Violation(None, ORPHANED_SECRET, "VaultSecret", record.location,
                                    f"owned by ServiceKey {record.owner}, which no longer exists "
                                    f"({len(record.versions)} live version(s)): kept by deletionPolicy Retain, or "
-                                   "left behind by a Delete that did not finish (the deleted spec cannot tell)",
+                                   "left behind by a Delete that did not finish (no deletion policy recorded)",
                                    informational=True, possibly_retained=True))
     return found
 

@@ -262,7 +262,13 @@ class Reconciler:
                                               with_pending=True)
             decision = decide_key(desired, history, kids_in_configmap, now)
             try:
-                return await self._carry_out(desired, history, decision, now, published_kid)
+                outcome = await self._carry_out(desired, history, decision, now, published_kid)
+                if history.owner == desired.owner_id and history.deletion_policy not in (None, desired.deletion_policy):
+                    # Paths claimed before the policy was recorded stay as they are: rewriting them all would
+                    # make the first restart after an upgrade write to Vault for every key.
+                    await asyncio.to_thread(self.store.claim, desired.record_mount, desired.vault_path,
+                                            desired.owner_id, desired.deletion_policy)
+                return outcome
             except VaultWriteConflict:
                 # Someone else (another replica, or our own earlier pass) moved the secret on:
                 # their write answers the same request, so look again instead of writing twice.
@@ -353,7 +359,7 @@ class Reconciler:
 
     def _claim(self, desired: DesiredKey, history: KeyHistory) -> None:
         if history.owner != desired.owner_id:
-            self.store.claim(desired.record_mount, desired.vault_path, desired.owner_id)
+            self.store.claim(desired.record_mount, desired.vault_path, desired.owner_id, desired.deletion_policy)
 
     def _write(self, desired: DesiredKey, history: KeyHistory, keypair: KeyPair, rotate_annotation: str | None,
                reason: str, created_at: datetime.datetime, transit: TransitRef | None = None) -> StoredKey:

@@ -220,6 +220,7 @@ def test_a_secret_retained_after_its_servicekey_was_deleted_is_an_informational_
     assert [(v.check, v.object, v.informational, v.possibly_retained) for v in violations] == [
         (invariants.ORPHANED_SECRET, f"{mount}/{path}", True, True)]
     assert cluster.ref("es256") in violations[0].detail
+    assert "kept by its deletionPolicy Retain" in violations[0].detail, "the operator records the policy"
     assert invariants.summary(violations) == "0 violations, 1 informational"
 
 

@@ -14,6 +14,7 @@ from jwcrypto import jwt as jwcrypto_jwt
 
 from servicekey_operator.devcluster.operator_process import OperatorProcess
 from servicekey_operator.keys import ALGORITHMS
+from servicekey_operator.vault.records import DELETION_POLICY_METADATA_KEY
 from tests.support import ServiceKeys, ready_condition, wait_for
 
 pytestmark = pytest.mark.integration
@@ -130,6 +131,25 @@ def test_delete_policy_removes_the_vault_secret(operator: OperatorProcess, servi
 
     assert servicekeys.vault_versions(mount, path) == 0
     wait_for(lambda: servicekeys.configmap("doomed-public") is None, 60, "the GC to delete the ConfigMap")
+
+
+def _recorded_deletion_policy(servicekeys: ServiceKeys, mount: str, path: str) -> str | None:
+    metadata = servicekeys.vault.secrets.kv.v2.read_secret_metadata(path=path, mount_point=mount)["data"]
+    return (metadata.get("custom_metadata") or {}).get(DELETION_POLICY_METADATA_KEY)
+
+
+def test_the_vault_secret_records_the_deletion_policy_and_follows_the_spec(operator: OperatorProcess,
+                                                                          servicekeys: ServiceKeys):
+    servicekeys.create("recorded", {"algorithm": "ES256", "deletionPolicy": "Delete"})
+    servicekeys.wait_ready("recorded")
+    mount, path = servicekeys.vault_path("recorded")
+    assert _recorded_deletion_policy(servicekeys, mount, path) == "Delete"
+
+    servicekeys.patch("recorded", {"spec": {"deletionPolicy": "Retain"}})
+
+    wait_for(lambda: _recorded_deletion_policy(servicekeys, mount, path) == "Retain", 30,
+             "the recorded deletion policy to follow the spec")
+    assert servicekeys.vault_versions(mount, path) == 1, "recording the policy must not write a key version"
 
 
 def test_renaming_the_configmap_moves_the_publication(operator: OperatorProcess, servicekeys: ServiceKeys):

@@ -367,17 +367,21 @@ def test_configmaps_with_our_labels_must_belong_to_their_live_servicekey(configm
 
 
 def test_an_orphaned_secret_is_informational_unless_its_deletion_policy_was_recorded_as_delete():
-    retained = _record(V1, owner="gone/one")
+    unrecorded = _record(V1, owner="gone/one")
     deleted = _record(V2, owner="gone/two", custom_metadata={"servicekey.io/owner": "gone/two",
                                                              invariants.DELETION_POLICY_METADATA_KEY: "Delete"})
     alive = _record(V3, owner="here/three")
+    retained = _record(V4, owner="gone/four", custom_metadata={"servicekey.io/owner": "gone/four",
+                                                               invariants.DELETION_POLICY_METADATA_KEY: "Retain"})
 
-    found = invariants.orphan_violations([retained, deleted, alive], [("here", "three")])
+    found = invariants.orphan_violations([unrecorded, deleted, alive, retained], [("here", "three")])
 
     assert [(v.check, v.informational, v.possibly_retained) for v in found] == [
-        (invariants.ORPHANED_SECRET, True, True), (invariants.ORPHANED_SECRET, False, False)]
-    assert "gone/one" in found[0].detail and "Retain" in found[0].detail
-    assert invariants.summary(found) == "1 violation, 1 informational"
+        (invariants.ORPHANED_SECRET, True, True), (invariants.ORPHANED_SECRET, False, False),
+        (invariants.ORPHANED_SECRET, True, True)]
+    assert "gone/one" in found[0].detail and "no deletion policy recorded" in found[0].detail
+    assert "gone/four" in found[2].detail and "kept by its deletionPolicy Retain" in found[2].detail
+    assert invariants.summary(found) == "1 violation, 2 informational"
 
 
 def test_a_key_held_by_two_servicekeys_is_reported_for_both():

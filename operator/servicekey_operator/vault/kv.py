@@ -21,6 +21,7 @@ from servicekey_operator.errors import VaultPathConflict
 from servicekey_operator.keys import KeyPair
 from servicekey_operator.vault.connection import VaultConnection, vault_call
 from servicekey_operator.vault.records import (
+    DELETION_POLICY_METADATA_KEY,
     MANAGED_BY,
     MANAGED_BY_METADATA_KEY,
     OWNER_METADATA_KEY,
@@ -128,11 +129,13 @@ class KvKeyStore:
             raise VaultPathConflict(f"{mount}/{path} already holds a secret written by {holder}; "
                                     "it is left untouched")
         pending = self._pending(mount, path, owner) if with_pending else None
+        policy = custom.get(DELETION_POLICY_METADATA_KEY)
         if not live_versions or live_versions[0] != current_version:
-            return KeyHistory(owner=recorded_owner, current_version=current_version, current=None, pending=pending)
+            return KeyHistory(owner=recorded_owner, current_version=current_version, current=None, pending=pending,
+                              deletion_policy=policy)
         keys = [self._version(mount, path, number) for number in live_versions[: retain_previous + 1]]
         return KeyHistory(owner=recorded_owner, current_version=current_version, current=keys[0],
-                          previous=tuple(keys[1:]), pending=pending)
+                          previous=tuple(keys[1:]), pending=pending, deletion_policy=policy)
 
     def _pending(self, mount: str, path: str, owner: str) -> StoredKey | None:
         with vault_call("read_version", f"reading {mount}/{pending_path(path)}"):
@@ -148,13 +151,15 @@ class KvKeyStore:
                                     "pending key; it is left untouched")
         return dataclasses.replace(_stored_key(0, data), pending_revision=int(reply["data"]["metadata"]["version"]))
 
-    def claim(self, mount: str, path: str, owner: str) -> None:
-        """Mark the path as ours before the first write, so a crash never leaves an unowned secret."""
+    def claim(self, mount: str, path: str, owner: str, deletion_policy: str) -> None:
+        """Mark the path as ours (with the owner's deletionPolicy) before the first write, so a crash never
+        leaves an unowned secret; called again when the policy changes."""
         with vault_call("write_metadata", f"claiming {mount}/{path}"):
             self._kv.update_metadata(path=path, mount_point=mount, max_versions=KV_MAX_VERSIONS,
                                      cas_required=True,
                                      custom_metadata={MANAGED_BY_METADATA_KEY: MANAGED_BY,
-                                                      OWNER_METADATA_KEY: owner})
+                                                      OWNER_METADATA_KEY: owner,
+                                                      DELETION_POLICY_METADATA_KEY: deletion_policy})
 
     def write(self, mount: str, path: str, keypair: KeyPair, *, service_name: str, rotate_annotation: str | None,
               rotation_reason: str, created_at: datetime.datetime, expected_version: int,

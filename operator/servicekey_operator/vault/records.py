@@ -6,6 +6,9 @@ import datetime
 from dataclasses import dataclass, field
 
 OWNER_METADATA_KEY = "servicekey.io/owner"
+# The owner's deletionPolicy, so that a secret left after its ServiceKey is gone can be told apart:
+# kept on purpose (Retain) or a Delete that failed.
+DELETION_POLICY_METADATA_KEY = "servicekey.io/deletion-policy"
 MANAGED_BY_METADATA_KEY = "managed-by"
 MANAGED_BY = "servicekey-operator"
 
@@ -62,3 +65,5 @@ class KeyHistory:
     current: StoredKey | None
     previous: tuple[StoredKey, ...] = ()
     pending: StoredKey | None = None
+    # The deletionPolicy recorded with the owner (None for paths claimed before it was recorded).
+    deletion_policy: str | None = None
