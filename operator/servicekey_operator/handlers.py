@@ -34,7 +34,7 @@ from servicekey_operator.kubeapi import KubeGateway, api_client
 from servicekey_operator.reconcile import Event, Keygen, Outcome, Reconciler, next_pass_time, next_rotation_time
 from servicekey_operator.resume import first_pass_time
 from servicekey_operator.spec import ROTATE_ANNOTATION, DesiredKey, desired_key
-from servicekey_operator.status import differs, failed_status, ready_status
+from servicekey_operator.status import differs, failed_status, ready_condition, ready_status
 from servicekey_operator.vault.connection import VaultConnection
 from servicekey_operator.vault.kv import KvKeyStore
 from servicekey_operator.vault.records import parse_time
@@ -195,7 +195,8 @@ async def run_pass(state: OperatorState, body: Mapping[str, Any], logger: loggin
             with contextlib.suppress(ServiceKeyError):
                 await _write_status(state, body, failed_status(failure.reason, str(failure), generation,
                                                                observed, now), turned=failures == 1)
-                if _ready_reason(observed) != failure.reason:  # one Warning per new problem, not per retry
+                # One Warning per new problem, not per retry.
+                if ready_condition(observed).get("reason") != failure.reason:
                     _post(body, [Event("Warning", failure.reason, str(failure))])
             state.schedule(key, now + datetime.timedelta(seconds=delay))
 
@@ -222,10 +223,6 @@ async def _record_success(state: OperatorState, key: ObjectKey, body: Mapping[st
     state.schedule(key, min(wake_at, resync) if wake_at else resync)
     metrics.record_ready(key, outcome, due)
     _post(body, outcome.events)
-
-
-def _ready_reason(status: Mapping[str, Any]) -> str | None:
-    return next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
 
 
 def _rsa_outside_the_pass_limit(keygen: KeyGenerator, passes_in_flight: asyncio.Semaphore) -> Keygen:

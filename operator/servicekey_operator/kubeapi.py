@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -109,17 +110,14 @@ class KubeGateway:
         """The resourceVersion of every ConfigMap matching ``label_selector``, by (namespace, name), in
         ``namespaces`` (all when empty); listed in pages so 10,000 ConfigMaps never sit in memory at once."""
         versions: dict[tuple[str, str], str] = {}
-        for namespace in namespaces or (None,):
+        listings = ([functools.partial(self.core.list_namespaced_config_map, namespace) for namespace in namespaces]
+                    or [self.core.list_config_map_for_all_namespaces])
+        for list_page in listings:
             token = None
             while True:
                 with kube_call("list_configmaps", f"listing ConfigMaps {label_selector}"):
-                    if namespace is None:
-                        reply = self.core.list_config_map_for_all_namespaces(
-                            label_selector=label_selector, limit=page_size, _continue=token, _preload_content=False)
-                    else:
-                        reply = self.core.list_namespaced_config_map(
-                            namespace, label_selector=label_selector, limit=page_size, _continue=token,
-                            _preload_content=False)
+                    reply = list_page(label_selector=label_selector, limit=page_size, _continue=token,
+                                      _preload_content=False)
                 page = _json(reply)
                 for item in page["items"]:
                     metadata = item["metadata"]

@@ -20,19 +20,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from servicekey_operator.spec import DesiredKey
-from servicekey_operator.status import rotate_request_digest, vault_location
+from servicekey_operator.status import ready_condition, rotate_request_digest, vault_location
 from servicekey_operator.vault.records import parse_time
-
-
-def _ready_condition(status: Mapping[str, Any]) -> Mapping[str, Any]:
-    return next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
 
 
 def is_settled(desired: DesiredKey, status: Mapping[str, Any], generation: int | None,
                configmap_version: str | None) -> bool:
     """True when ``status`` shows a finished pass for exactly this spec and rotate request, nothing
     pending, no copies elsewhere, and the ConfigMap still at ``configmap_version`` as that pass left it."""
-    ready = _ready_condition(status)
+    ready = ready_condition(status)
     return (generation is not None
             and status.get("observedGeneration") == generation == ready.get("observedGeneration")
             and ready.get("status") == "True" and ready.get("reason") == "KeyReady"

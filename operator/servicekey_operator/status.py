@@ -30,6 +30,11 @@ def vault_location(desired: DesiredKey) -> str:
     return f"{desired.vault_mount}/{desired.vault_path}"
 
 
+def ready_condition(status: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The ``Ready`` condition of a status (empty when there is none)."""
+    return next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+
+
 def with_condition(conditions: Sequence[Mapping[str, Any]], *, type_: str, status: str, reason: str,
                    message: str, generation: int | None, now: datetime.datetime) -> list[dict[str, Any]]:
     """Set one condition in a list-map by type; keep lastTransitionTime unless the status flips."""

@@ -13,7 +13,7 @@ from servicekey_operator import handlers
 from servicekey_operator.config import OperatorConfig, VaultSettings
 from servicekey_operator.kubeapi import ConfigMapRaced
 from servicekey_operator.reconcile import KeyAction, KeyDecision, Outcome
-from servicekey_operator.status import ready_status
+from servicekey_operator.status import ready_condition, ready_status
 from servicekey_operator.vault.records import KeyHistory, StoredKey
 
 CONFIG = OperatorConfig(vault=VaultSettings(addr="http://127.0.0.1:8200", token="t"))
@@ -156,6 +156,6 @@ def test_a_success_after_a_failure_writes_status_even_when_the_body_has_not_caug
         state.kube = recorder  # type: ignore[assignment]
         await handlers.run_pass(state, body, LOGGER)
         await handlers.run_pass(state, body, LOGGER)
-        return [next(c["status"] for c in patch["conditions"] if c["type"] == "Ready") for patch in recorder.patches]
+        return [ready_condition(patch)["status"] for patch in recorder.patches]
 
     assert asyncio.run(scenario()) == ["False", "True"]
