@@ -25,10 +25,15 @@ def _run(_: argparse.Namespace) -> int:
     import kopf
 
     from servicekey_operator import handlers  # noqa: F401 - importing registers the kopf handlers
+    from servicekey_operator.peering import own_identity
 
     config = _config("servicekey-operator")
     if config is None:
         return 2
+    identity = own_identity()
+    # Replicas of equal priority all pause (kopf: "Pausing all operators, including self");
+    # distinct random priorities make exactly one of them the active one.
+    priority = random.randint(1, 2**31 - 1)
     kopf.configure(verbose=False, log_format=kopf.LogFormat.JSON if config.log_format == "json"
                    else kopf.LogFormat.FULL)
     kopf.run(
@@ -36,11 +41,11 @@ def _run(_: argparse.Namespace) -> int:
         namespaces=config.watch_namespaces,
         standalone=config.peering is None,
         peering_name=config.peering,
-        # Replicas of equal priority all pause (kopf: "Pausing all operators, including self");
-        # distinct random priorities make exactly one of them the active one.
-        priority=random.randint(1, 2**31 - 1),
+        identity=identity,
+        priority=priority,
         liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz",
-        memo=kopf.Memo(config=config),
+        # The pass scheduler judges from the peering object, as kopf does, whether this replica is active.
+        memo=kopf.Memo(config=config, peering_identity=identity, peering_priority=priority),
     )
     return 0
 

@@ -1,7 +1,8 @@
 """kopf wiring only: parse the object, call the reconciler, write status, post events, map errors.
 
-Every path that works on a ServiceKey (its watch events, the per-key scheduling daemon, ConfigMap drift
-events) funnels into ``run_pass``, serialised per key by a lock.
+Every path that works on a ServiceKey (its watch events, the pass scheduler, ConfigMap drift events)
+funnels into ``run_pass``, serialised per key by a lock. The scheduler is one task for all keys, not a kopf
+daemon per key (see ``scheduler``); it keeps a slim copy of each key's object to run its passes with.
 
 The passes are level-based: each compares the spec with what Vault holds, and the rotate annotation with
 the value recorded in the current key version. So kopf keeps no diff-base on the object (no
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import logging
 import random
 import time
@@ -31,8 +33,10 @@ from servicekey_operator.errors import ServiceKeyError
 from servicekey_operator.keygen import KeyGenerator
 from servicekey_operator.keys import KeyPair, is_rsa
 from servicekey_operator.kubeapi import KubeGateway, api_client
+from servicekey_operator.peering import PeeringGate
 from servicekey_operator.reconcile import Event, Keygen, Outcome, Reconciler, next_pass_time, next_rotation_time
 from servicekey_operator.resume import first_pass_time
+from servicekey_operator.scheduler import PassScheduler
 from servicekey_operator.spec import ROTATE_ANNOTATION, DesiredKey, desired_key
 from servicekey_operator.status import differs, failed_status, ready_condition, ready_status
 from servicekey_operator.vault.connection import VaultConnection
@@ -73,9 +77,20 @@ class NoDiffBase(kopf.DiffBaseStorage):
         """Store nothing (one PATCH and one watch event fewer per change)."""
 
 
+def slim_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What a pass and its Events need of a ServiceKey, without managedFields and other annotations."""
+    meta = body["metadata"]
+    kept_meta = {name: meta[name] for name in ("name", "namespace", "uid", "generation", "deletionTimestamp")
+                 if name in meta}
+    rotate = (meta.get("annotations") or {}).get(ROTATE_ANNOTATION)
+    kept_meta["annotations"] = {ROTATE_ANNOTATION: rotate} if rotate is not None else {}
+    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": kept_meta,
+            "spec": body.get("spec") or {}, "status": body.get("status") or {}}
+
+
 @dataclass
 class OperatorState:
-    """What the handlers share: the reconciler, and per-key locks and wake-up times."""
+    """What the handlers share: the reconciler, the pass scheduler, and per-key locks and bodies."""
 
     config: OperatorConfig
     reconciler: Reconciler
@@ -84,9 +99,12 @@ class OperatorState:
     # Passes in flight at once: a burst of new keys then finishes roughly in arrival order, instead of
     # every key's each step queuing behind the same step of all the others.
     passes_in_flight: asyncio.Semaphore
+    gate: PeeringGate
+    settings: kopf.OperatorSettings
+    scheduler: PassScheduler[ObjectKey] = field(default_factory=PassScheduler)
+    # The latest of each key's watch events, slimmed: what a scheduled pass works on.
+    bodies: dict[ObjectKey, dict[str, Any]] = field(default_factory=dict)
     locks: dict[ObjectKey, asyncio.Lock] = field(default_factory=dict)
-    wakeups: dict[ObjectKey, asyncio.Event] = field(default_factory=dict)
-    next_pass_at: dict[ObjectKey, datetime.datetime] = field(default_factory=dict)
     publishing_elsewhere: set[ObjectKey] = field(default_factory=set)
     consecutive_failures: dict[ObjectKey, int] = field(default_factory=dict)
     finalizing: dict[ObjectKey, str] = field(default_factory=dict)
@@ -96,6 +114,8 @@ class OperatorState:
     listed_configmaps: dict[ObjectKey, str] = field(default_factory=dict)
     listed_at: float | None = None
     listing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    scheduler_task: asyncio.Task[None] | None = None
+    scheduled_passes: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def listed_configmap_version(self, namespace: str, name: str, logger: logging.Logger) -> str | None:
         """The resourceVersion the ConfigMap had when listed, and forget it; list again when the listing is
@@ -111,14 +131,17 @@ class OperatorState:
                 self.listed_at = time.monotonic()
         return self.listed_configmaps.pop((namespace, name), None)
 
-    def wakeup(self, key: ObjectKey) -> asyncio.Event:
-        """The event that tells a key's daemon to recompute its sleep."""
-        return self.wakeups.setdefault(key, asyncio.Event())
-
     def schedule(self, key: ObjectKey, at: datetime.datetime) -> None:
-        """Set when the key's daemon should run the next pass, and wake it to notice."""
-        self.next_pass_at[key] = at
-        self.wakeup(key).set()
+        """Set when the key's next pass runs."""
+        self.scheduler.schedule(key, at)
+
+    def start_scheduler(self) -> None:
+        """Start the scheduler task, once, from a watch handler: the task inherits that handler's context,
+        where kopf keeps the queue it posts Events through (a startup handler's context has none)."""
+        if self.scheduler_task is None:
+            self.scheduler_task = asyncio.create_task(
+                self.scheduler.run(functools.partial(_start_scheduled_pass, self), self.gate.active, _now),
+                name="scheduler")
 
     def lock(self, key: ObjectKey) -> asyncio.Lock:
         """The lock that serialises every pass and the finalizer of one key."""
@@ -126,8 +149,9 @@ class OperatorState:
 
     def forget(self, key: ObjectKey) -> None:
         """Drop all per-key state once the ServiceKey is gone."""
-        for table in (self.locks, self.wakeups, self.next_pass_at, self.consecutive_failures, self.handled):
+        for table in (self.locks, self.bodies, self.consecutive_failures, self.handled):
             table.pop(key, None)
+        self.scheduler.forget(key)
         self.publishing_elsewhere.discard(key)
         uid = self.finalizing.get(key)
         asyncio.get_running_loop().call_later(FINALIZED_MEMORY_SECONDS, self._unmark_finalizing, key, uid)
@@ -166,7 +190,7 @@ def _desired(state: OperatorState, body: Mapping[str, Any]) -> DesiredKey:
 async def run_pass(state: OperatorState, body: Mapping[str, Any], logger: logging.Logger) -> None:
     """One reconcile pass for one ServiceKey, with status, events and error mapping.
 
-    Failures back off exponentially per key, whichever path (handler or daemon) hit them; a success
+    Failures back off exponentially per key, whichever path (handler or scheduler) hit them; a success
     resets the count.
     """
     meta = body["metadata"]
@@ -175,7 +199,7 @@ async def run_pass(state: OperatorState, body: Mapping[str, Any], logger: loggin
     observed = body.get("status") or {}
     async with state.lock(key), state.passes_in_flight:
         if state.finalizing.get(key) == meta["uid"]:
-            # Queued before the deletion (a daemon wake-up, a ConfigMap event): publishing now would
+            # Queued before the deletion (a scheduled pass, a ConfigMap event): publishing now would
             # recreate copies the finalizer has just removed.
             return
         now = _now()
@@ -268,8 +292,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     connection = VaultConnection(config.vault)
     reconciler = Reconciler(KvKeyStore(connection), TransitKeys(connection), kube,
                             _rsa_outside_the_pass_limit(keygen, passes_in_flight), logger)
+    gate = PeeringGate(functools.partial(kube.peering_keepalives, namespaces=config.watch_namespaces),
+                       config.peering, memo.peering_identity, memo.peering_priority)
     memo.state = OperatorState(config=config, reconciler=reconciler, kube=kube, keygen=keygen,
-                               passes_in_flight=passes_in_flight)
+                               passes_in_flight=passes_in_flight, gate=gate, settings=settings)
     metrics.serve(config.metrics_port)
     logger.info(f"servicekey-operator configured: Vault {config.vault.addr} ({config.vault.auth_method} auth), "
                 f"KV mount {config.kv_mount}, prefix {config.path_prefix}")
@@ -277,8 +303,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the keygen workers."""
-    memo.state.keygen.shutdown()
+    """Stop the scheduler and the keygen workers."""
+    state: OperatorState = memo.state
+    if state.scheduler_task is not None:
+        state.scheduler_task.cancel()
+    state.keygen.shutdown()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -286,15 +315,21 @@ async def servicekey_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.M
                              **_: Any) -> None:
     """A pass for a ServiceKey that is new to this process, or whose spec or rotate request changed.
 
-    Status-only and bookkeeping events run nothing. A failed pass is retried by the key's daemon.
+    Status-only and bookkeeping events run nothing but refresh the key's slim body. A failed pass is retried
+    by the scheduler.
     """
     state: OperatorState = memo.state
+    state.start_scheduler()
     meta = body["metadata"]
-    if event["type"] == "DELETED" or meta.get("deletionTimestamp"):
+    key: ObjectKey = (meta["namespace"], meta["name"])
+    if event["type"] == "DELETED":
+        state.bodies.pop(key, None)
+        return
+    state.bodies[key] = slim_body(body)
+    if meta.get("deletionTimestamp"):
         return  # the deletion handler owns the end of life
     if FINALIZER not in (meta.get("finalizers") or []):
         return  # kopf adds it first, so a key is never written to Vault unguarded; that event brings us back
-    key: ObjectKey = (meta["namespace"], meta["name"])
     trigger: Trigger = (meta["uid"], meta.get("generation"), (meta.get("annotations") or {}).get(ROTATE_ANNOTATION))
     if state.handled.get(key) == trigger:
         return
@@ -328,26 +363,24 @@ async def _resumed_from_status(state: OperatorState, key: ObjectKey, body: Mappi
     return True
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
-async def schedule_servicekey(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger,
-                              stopped: kopf.DaemonStopped, **_: Any) -> None:
-    """Sleep until the key's next due time (rotation, retry or resync), then run a pass."""
-    state: OperatorState = memo.state
-    key: ObjectKey = (body["metadata"]["namespace"], body["metadata"]["name"])
-    wakeup = state.wakeup(key)
-    while not stopped:
-        due = state.next_pass_at.get(key)
-        timeout = state.config.resync_seconds if due is None else max(0.0, (due - _now()).total_seconds())
-        wakeup.clear()
-        waiters = [asyncio.ensure_future(wakeup.wait()), asyncio.ensure_future(stopped.wait())]
-        done, pending = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        for waiter in pending:
-            waiter.cancel()
-        if stopped or done:
-            continue  # woken: the schedule changed, so recompute the sleep
-        if body.get("metadata", {}).get("deletionTimestamp"):
-            continue
+def _start_scheduled_pass(state: OperatorState, key: ObjectKey) -> None:
+    """The scheduler's due key: run its pass on the latest body seen, unless it is gone or going."""
+    body = state.bodies.get(key)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return  # the deletion handler owns the end of life
+    logger = kopf.ObjectLogger(body=kopf.Body(body), settings=state.settings)
+    task = asyncio.create_task(_scheduled_pass(state, key, body, logger), name=f"pass {key[0]}/{key[1]}")
+    state.scheduled_passes.add(task)
+    task.add_done_callback(state.scheduled_passes.discard)
+
+
+async def _scheduled_pass(state: OperatorState, key: ObjectKey, body: Mapping[str, Any],
+                          logger: logging.Logger) -> None:
+    try:
         await run_pass(state, body, logger)
+    except Exception as unexpected:  # a bug, not weather: say so and try again later rather than never
+        logger.exception(f"pass failed unexpectedly: {type(unexpected).__name__}")
+        state.schedule(key, _now() + datetime.timedelta(seconds=MAX_BACKOFF_SECONDS))
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
@@ -386,14 +419,18 @@ async def repair_configmap(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> N
     """A published ConfigMap was edited or deleted behind our back: run its ServiceKey's pass now."""
     state: OperatorState = memo.state
     metadata = event["object"]["metadata"]
-    if event["type"] == "MODIFIED" and state.kube.wrote(metadata["namespace"], metadata["name"],
-                                                        metadata["resourceVersion"]):
-        return  # our own write coming back
     labels = metadata.get("labels") or {}
     namespace = labels.get(publish.SOURCE_NAMESPACE_LABEL, metadata["namespace"])
     key: ObjectKey = (namespace, labels.get(publish.NAME_LABEL, ""))
+    if event["type"] == "MODIFIED":
+        if key in state.locks:
+            # The echo of a write can overtake the write's own reply: let a pass in flight note its write.
+            async with state.lock(key):
+                pass
+        if state.kube.wrote(metadata["namespace"], metadata["name"], metadata["resourceVersion"]):
+            return  # our own write coming back
     if event["type"] in ("DELETED", "MODIFIED"):
         # A key not seen yet must not be trusted on the strength of the listed version (see ``resume``).
         state.listed_configmaps.pop((metadata["namespace"], metadata["name"]), None)
-        if key in state.next_pass_at:
+        if key in state.bodies:
             state.schedule(key, _now())

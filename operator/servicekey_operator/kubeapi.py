@@ -131,16 +131,16 @@ class KubeGateway:
         """Create a ConfigMap; return its resourceVersion."""
         metadata = body["metadata"]
         with kube_call("create_configmap", f"creating ConfigMap {metadata['namespace']}/{metadata['name']}"):
-            reply = self.core.create_namespaced_config_map(metadata["namespace"], body)
-        return self._remember(metadata["namespace"], metadata["name"], reply.metadata.resource_version)
+            reply = self.core.create_namespaced_config_map(metadata["namespace"], body, _preload_content=False)
+        return self._remember(metadata["namespace"], metadata["name"], _json(reply)["metadata"]["resourceVersion"])
 
     def replace_configmap(self, body: dict[str, Any], resource_version: str) -> str:
         """Replace a ConfigMap if it is still at ``resource_version`` (optimistic concurrency)."""
         metadata = dict(body["metadata"], resourceVersion=resource_version)
         with kube_call("replace_configmap", f"updating ConfigMap {metadata['namespace']}/{metadata['name']}"):
             reply = self.core.replace_namespaced_config_map(metadata["name"], metadata["namespace"],
-                                                            dict(body, metadata=metadata))
-        return self._remember(metadata["namespace"], metadata["name"], reply.metadata.resource_version)
+                                                            dict(body, metadata=metadata), _preload_content=False)
+        return self._remember(metadata["namespace"], metadata["name"], _json(reply)["metadata"]["resourceVersion"])
 
     def _remember(self, namespace: str, name: str, resource_version: str) -> str:
         self._written[(namespace, name)] = resource_version
@@ -168,6 +168,16 @@ class KubeGateway:
             except ApiException as missing:
                 if missing.status != 404:  # deleted meanwhile: nothing to report on
                     raise
+
+    def peering_keepalives(self, name: str, namespaces: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """The keep-alives (status) of kopf's peering object ``name``: the ClusterKopfPeering, or the
+        KopfPeering in each of ``namespaces`` for a namespaced operator."""
+        with kube_call("read_peering", f"reading the kopf peering {name}"):
+            if not namespaces:
+                return [self.custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", name)
+                        .get("status") or {}]
+            return [self.custom.get_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", name)
+                    .get("status") or {} for namespace in namespaces]
 
     def list_namespaces(self, label_selector: str | None = None) -> list[dict[str, Any]]:
         """Namespaces (optionally by label selector) as plain dicts."""

@@ -7,11 +7,13 @@ import datetime
 import logging
 from typing import Any
 
+import kopf
 import pytest
 
 from servicekey_operator import handlers
 from servicekey_operator.config import OperatorConfig, VaultSettings
 from servicekey_operator.kubeapi import ConfigMapRaced
+from servicekey_operator.peering import PeeringGate
 from servicekey_operator.reconcile import KeyAction, KeyDecision, Outcome
 from servicekey_operator.status import ready_condition, ready_status
 from servicekey_operator.vault.records import KeyHistory, StoredKey
@@ -47,7 +49,8 @@ def servicekey(uid: str) -> dict[str, Any]:
 
 def state_with(reconciler: RecordingReconciler) -> handlers.OperatorState:
     return handlers.OperatorState(config=CONFIG, reconciler=reconciler, kube=None, keygen=None,  # type: ignore[arg-type]
-                                  passes_in_flight=asyncio.Semaphore(handlers.CONCURRENT_PASSES))
+                                  passes_in_flight=asyncio.Semaphore(handlers.CONCURRENT_PASSES),
+                                  gate=PeeringGate(None, None, "test", 1), settings=kopf.OperatorSettings())
 
 
 def test_a_pass_queued_behind_the_finalizer_does_not_publish_again():
@@ -159,3 +162,21 @@ def test_a_success_after_a_failure_writes_status_even_when_the_body_has_not_caug
         return [ready_condition(patch)["status"] for patch in recorder.patches]
 
     assert asyncio.run(scenario()) == ["False", "True"]
+
+
+def test_the_slim_body_keeps_what_a_pass_needs_and_drops_the_rest():
+    body = {"apiVersion": "servicekey.io/v1alpha1", "kind": "ServiceKey",
+            "metadata": {"namespace": "team", "name": "signer", "uid": "u1", "generation": 3, "resourceVersion": "9",
+                         "annotations": {"servicekey.io/rotate": "r1",
+                                         "kubectl.kubernetes.io/last-applied-configuration": "{...}"},
+                         "managedFields": [{"manager": "kubectl"}], "finalizers": ["servicekey.io/finalizer"]},
+            "spec": {"algorithm": "ES256"}, "status": {"keyId": "k1"}}
+
+    slim = handlers.slim_body(body)
+
+    assert slim == {"apiVersion": "servicekey.io/v1alpha1", "kind": "ServiceKey",
+                    "metadata": {"namespace": "team", "name": "signer", "uid": "u1", "generation": 3,
+                                 "annotations": {"servicekey.io/rotate": "r1"}},
+                    "spec": {"algorithm": "ES256"}, "status": {"keyId": "k1"}}
+    desired = handlers._desired(state_with(RecordingReconciler()), slim)
+    assert (desired.rotate_request, desired.algorithm, desired.uid) == ("r1", "ES256", "u1")

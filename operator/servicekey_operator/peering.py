@@ -1,0 +1,90 @@
+"""Whether this replica is the active one, judged from kopf's peering object the way kopf judges it.
+
+kopf pauses a replica (closes its watches, stops its daemons) while a live peer has a higher or the same
+priority, but it tells no handler. The pass scheduler is one task of ours, not a kopf daemon per key, so
+before it runs the passes that were scheduled while this replica was active it asks here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import getpass
+import os
+import random
+import socket
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from servicekey_operator.errors import ServiceKeyError
+from servicekey_operator.vault.records import parse_time
+
+# How long one reading of the peering object is trusted. kopf reacts to the peering watch at once; the
+# scheduler may lag by this much, and a pass run meanwhile is safe anyway (every Vault write is
+# check-and-set, see docs/ha.md).
+PEERING_READING_SECONDS = 5.0
+
+
+def own_identity() -> str:
+    """This replica's name in the peering object: ``$POD_ID`` (the chart sets the pod name) or, like kopf's
+    own default, user@host with the start time and a random part."""
+    pod = os.environ.get("POD_ID")
+    if pod:
+        return pod
+    started = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d%H%M%S")
+    return f"{getpass.getuser()}@{socket.gethostname()}/{started}/{random.getrandbits(32):08x}"
+
+
+def outranked(keepalives: Mapping[str, Any], identity: str, priority: int, now: datetime.datetime) -> bool:
+    """kopf's rule: paused while another live peer has a priority at least ours (equal ones pause all).
+
+    ``keepalives`` is the peering object's status: identity -> {priority, lifetime, lastseen}.
+    """
+    for peer, keepalive in keepalives.items():
+        if peer == identity or not isinstance(keepalive, Mapping):
+            continue
+        try:
+            deadline = parse_time(str(keepalive["lastseen"])) + datetime.timedelta(
+                seconds=float(keepalive["lifetime"]))
+            live_priority = int(keepalive["priority"])
+        except (KeyError, TypeError, ValueError):
+            continue  # kopf would not parse it either, and skips it
+        if deadline.tzinfo is None:
+            deadline = deadline.replace(tzinfo=datetime.UTC)
+        if deadline > now and live_priority >= priority:
+            return True
+    return False
+
+
+class PeeringGate:
+    """Answers "is this replica active?" from the peering objects, read at most every few seconds.
+
+    Without a peering name the operator runs standalone and is always active.
+    """
+
+    def __init__(self, read_keepalives: Callable[[str], Iterable[Mapping[str, Any]]] | None, name: str | None,
+                 identity: str, priority: int) -> None:
+        self._read = read_keepalives
+        self.name = name
+        self.identity = identity
+        self.priority = priority
+        self._verdict = False
+        self._read_at: float | None = None
+        self._reading = asyncio.Lock()
+
+    async def active(self) -> bool:
+        """True while no live peer outranks this replica; False while in doubt (the object unreadable)."""
+        if self.name is None or self._read is None:
+            return True
+        async with self._reading:
+            if self._read_at is None or time.monotonic() - self._read_at > PEERING_READING_SECONDS:
+                try:
+                    objects = await asyncio.to_thread(self._read, self.name)
+                    now = datetime.datetime.now(datetime.UTC)
+                    self._verdict = not any(outranked(keepalives, self.identity, self.priority, now)
+                                            for keepalives in objects)
+                except ServiceKeyError:
+                    self._verdict = False
+                self._read_at = time.monotonic()
+        return self._verdict

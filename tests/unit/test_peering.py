@@ -1,0 +1,53 @@
+"""kopf's pause rule as the scheduler reads it from the peering object's keep-alives."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+
+from servicekey_operator.errors import KubernetesUnavailable
+from servicekey_operator.peering import PeeringGate, outranked
+
+NOW = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)
+
+
+def keepalive(priority: int, seconds_ago: float, lifetime: int = 60) -> dict:
+    return {"priority": priority, "lifetime": lifetime,
+            "lastseen": (NOW - datetime.timedelta(seconds=seconds_ago)).isoformat()}
+
+
+def test_a_live_higher_or_equal_priority_outranks_us():
+    assert outranked({"me": keepalive(5, 0), "other": keepalive(9, 10)}, "me", 5, NOW)
+    assert outranked({"other": keepalive(5, 10)}, "me", 5, NOW)  # equal: kopf pauses everybody
+
+
+def test_lower_dead_malformed_and_our_own_entries_do_not():
+    keepalives = {
+        "me": keepalive(99, 0),
+        "lower": keepalive(3, 0),
+        "dead": keepalive(9, 61),
+        "cleaned": None,
+        "garbled": {"priority": "high", "lifetime": 60, "lastseen": NOW.isoformat()},
+    }
+    assert not outranked(keepalives, "me", 5, NOW)
+    assert not outranked({}, "me", 5, NOW)
+
+
+def test_kopf_naive_timestamps_are_read_as_utc():
+    naive = {"other": {"priority": 9, "lifetime": 60, "lastseen": NOW.replace(tzinfo=None).isoformat()}}
+    assert outranked(naive, "me", 5, NOW)
+
+
+def test_the_gate_is_open_standalone_and_shut_while_the_peering_cannot_be_read():
+    def unreadable(name: str) -> list:
+        raise KubernetesUnavailable("reading the kopf peering: API server unreachable")
+
+    def only_us(name: str) -> list:
+        return [{"me": keepalive(5, 0)}]
+
+    async def verdicts() -> tuple[bool, bool, bool]:
+        return (await PeeringGate(None, None, "me", 5).active(),
+                await PeeringGate(unreadable, "servicekey-operator", "me", 5).active(),
+                await PeeringGate(only_us, "servicekey-operator", "me", 5).active())
+
+    assert asyncio.run(verdicts()) == (True, False, True)
