@@ -32,7 +32,7 @@ import yaml
 
 from servicekey_operator.devcluster.environment import REPO_ROOT, DevEnvironment
 from servicekey_operator.devcluster.operator_process import OperatorProcess
-from tests.support import ServiceKeys, wait_for
+from tests.support import ServiceKeys, metric_samples, metric_value, wait_for
 
 pytestmark = pytest.mark.integration
 StartOperator = Callable[..., OperatorProcess]
@@ -291,3 +291,35 @@ def test_a_replica_restarted_under_the_same_pod_name_replaces_its_own_stale_entr
     time.sleep(2)
     for kid in assert_consistent(servicekeys, "steady", versions=2)[1:]:
         assert active.wrote(kid) == 1
+
+
+def test_a_paused_replica_runs_no_scheduled_pass_until_it_is_active_again(
+        start_operator: StartOperator, servicekeys: ServiceKeys, dev_env: DevEnvironment, peering: str):
+    # kopf tells no handler that it paused; the pass scheduler reads the same peering object (peering.py).
+    replica = Replica(f"{peering}-solo", start_operator(
+        SERVICEKEY_PEERING=peering, SERVICEKEY_LOG_FORMAT="json", POD_ID=f"{peering}-solo",
+        SERVICEKEY_RESYNC_SECONDS="1"))
+    settle([replica], dev_env, peering)
+    servicekeys.create("resynced", {"algorithm": "ES256"})
+    servicekeys.wait_ready("resynced")
+
+    def passes() -> float:
+        return metric_value(metric_samples(replica.process), "servicekey_reconcile_duration_seconds_count")
+
+    started = passes()
+    wait_for(lambda: passes() >= started + 3, 20, "resync passes every second while active")
+
+    lastseen = datetime.datetime.now(datetime.UTC).isoformat()
+    impostor = {"impostor": {"priority": 2**31, "lifetime": 60, "lastseen": lastseen}}
+    dev_env.kube.kubectl("patch", "clusterkopfpeering", peering, "--type=merge", "-p",
+                         json.dumps({"status": impostor}))
+    wait_for(lambda: not replica.active(), 20, "kopf to pause the replica in favour of the impostor")
+    time.sleep(7)  # the scheduler's reading of the peering object is at most 5 s old
+    paused_at = passes()
+    time.sleep(5)
+    assert passes() == paused_at, "a paused replica must run no scheduled pass"
+
+    dev_env.kube.kubectl("patch", "clusterkopfpeering", peering, "--type=merge", "-p",
+                         json.dumps({"status": {"impostor": None}}))
+    wait_for(lambda: replica.active(), 20, "kopf to resume the replica once the impostor is gone")
+    wait_for(lambda: passes() >= paused_at + 3, 20, "scheduled passes to resume")
