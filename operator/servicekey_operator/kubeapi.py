@@ -31,6 +31,9 @@ class NamespaceUnavailable(ServiceKeyError):
     reason = "NamespaceTerminating"
     retryable = False
 
+# Objects per page when listing many: a page of ConfigMaps or ServiceKeys is a few MiB decoded.
+LIST_PAGE_SIZE = 500
+
 
 @contextlib.contextmanager
 def kube_call(operation: str, what: str) -> Iterator[None]:
@@ -106,7 +109,7 @@ class KubeGateway:
         return _json(reply)["items"]
 
     def configmap_versions(self, label_selector: str, namespaces: tuple[str, ...] = (),
-                           page_size: int = 500) -> dict[tuple[str, str], str]:
+                           page_size: int = LIST_PAGE_SIZE) -> dict[tuple[str, str], str]:
         """The resourceVersion of every ConfigMap matching ``label_selector``, by (namespace, name), in
         ``namespaces`` (all when empty); listed in pages so 10,000 ConfigMaps never sit in memory at once."""
         versions: dict[tuple[str, str], str] = {}
