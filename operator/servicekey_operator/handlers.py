@@ -51,6 +51,9 @@ KOPF_STORAGE_PREFIX = "kopf.servicekey.io"
 FINALIZER = "servicekey.io/finalizer"
 IO_THREADS = 32
 CONCURRENT_PASSES = 16
+# Passes the scheduler has started and not finished: more than run at once, so RSA passes waiting for
+# keygen (which lend their slot, see ``_rsa_outside_the_pass_limit``) leave room for the others.
+STARTED_PASSES = 4 * CONCURRENT_PASSES
 # How long a finalized key's uid is remembered, so a pass that was already queued for it stands down.
 FINALIZED_MEMORY_SECONDS = 300.0
 # A ConfigMap changed after the listing is caught by the drift watch (``repair_configmap``), but only for
@@ -140,7 +143,8 @@ class OperatorState:
         where kopf keeps the queue it posts Events through (a startup handler's context has none)."""
         if self.scheduler_task is None:
             self.scheduler_task = asyncio.create_task(
-                self.scheduler.run(functools.partial(_start_scheduled_pass, self), self.gate.active, _now),
+                self.scheduler.run(functools.partial(_start_scheduled_pass, self), self.gate.active, _now,
+                                   STARTED_PASSES),
                 name="scheduler")
 
     def lock(self, key: ObjectKey) -> asyncio.Lock:
@@ -317,13 +321,15 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def servicekey_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, logger: logging.Logger,
                              **_: Any) -> None:
-    """A pass for a ServiceKey that is new to this process, or whose spec or rotate request changed.
+    """Schedule a pass at once for a ServiceKey that is new to this process, or whose spec or rotate request
+    changed.
 
     Status-only and bookkeeping events run nothing but refresh the key's slim body. A failed pass is retried
     by the scheduler.
     """
     state: OperatorState = memo.state
     state.start_scheduler()
+    state.gate.vouch()
     meta = body["metadata"]
     key: ObjectKey = (meta["namespace"], meta["name"])
     if event["type"] == "DELETED":
@@ -341,7 +347,9 @@ async def servicekey_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.M
     state.handled[key] = trigger
     if event["type"] is None and first_sight and await _resumed_from_status(state, key, body, logger):
         return
-    await run_pass(state, body, logger)
+    # Through the scheduler rather than here: a kopf handler in flight holds the whole object and kopf's
+    # per-object worker, and a burst of new keys would hold thousands of them while waiting for a slot.
+    state.schedule(key, _now())
 
 
 async def _resumed_from_status(state: OperatorState, key: ObjectKey, body: Mapping[str, Any],
@@ -367,15 +375,16 @@ async def _resumed_from_status(state: OperatorState, key: ObjectKey, body: Mappi
     return True
 
 
-def _start_scheduled_pass(state: OperatorState, key: ObjectKey) -> None:
+def _start_scheduled_pass(state: OperatorState, key: ObjectKey) -> asyncio.Task[None] | None:
     """The scheduler's due key: run its pass on the latest body seen, unless it is gone or going."""
     body = state.bodies.get(key)
     if body is None or body["metadata"].get("deletionTimestamp"):
-        return  # the deletion handler owns the end of life
+        return None  # the deletion handler owns the end of life
     logger = kopf.ObjectLogger(body=kopf.Body(body), settings=state.settings)
     task = asyncio.create_task(_scheduled_pass(state, key, body, logger), name=f"pass {key[0]}/{key[1]}")
     state.scheduled_passes.add(task)
     task.add_done_callback(state.scheduled_passes.discard)
+    return task
 
 
 async def _scheduled_pass(state: OperatorState, key: ObjectKey, body: Mapping[str, Any],

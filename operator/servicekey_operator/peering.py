@@ -73,6 +73,12 @@ class PeeringGate:
         self._read_at: float | None = None
         self._reading = asyncio.Lock()
 
+    def vouch(self) -> None:
+        """kopf has just delivered a watch event, which it does only while this replica is active: open the
+        gate now rather than at the next reading (a standby taking over acts at once)."""
+        self._verdict = True
+        self._read_at = time.monotonic()
+
     async def active(self) -> bool:
         """True while no live peer outranks this replica; False while in doubt (the object unreadable)."""
         if self.name is None or self._read is None:

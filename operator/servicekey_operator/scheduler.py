@@ -35,8 +35,7 @@ class PassScheduler(Generic[Key]):
         """Run the key's next pass at ``at`` (replacing any earlier plan)."""
         self._due[key] = at
         heapq.heappush(self._heap, (at, next(self._order), key))
-        if self._heap[0][2] == key:
-            self._changed.set()  # earlier than what the task sleeps for
+        self._changed.set()  # maybe earlier than what the task sleeps for, or a paused replica resuming
         if len(self._heap) > 2 * len(self._due) + 64:
             self._compact()
 
@@ -55,15 +54,14 @@ class PassScheduler(Generic[Key]):
         self._heap = [entry for entry in self._heap if self._due.get(entry[2]) == entry[0]]
         heapq.heapify(self._heap)
 
-    def take_due(self, now: datetime.datetime) -> list[Key]:
-        """The keys whose time has come, unplanned (their pass plans the next one)."""
-        due = []
+    def take_due(self, now: datetime.datetime) -> Key | None:
+        """The key whose time came first, unplanned (its pass plans the next one); None if none is due."""
         while self._heap and self._heap[0][0] <= now:
             at, _, key = heapq.heappop(self._heap)
             if self._due.get(key) == at:
                 del self._due[key]
-                due.append(key)
-        return due
+                return key
+        return None
 
     def seconds_to_next(self, now: datetime.datetime) -> float | None:
         """How long until the earliest planned pass (None when nothing is planned)."""
@@ -73,22 +71,37 @@ class PassScheduler(Generic[Key]):
             return None
         return max(0.0, (self._heap[0][0] - now).total_seconds())
 
-    async def run(self, start_pass: Callable[[Key], None], active: Callable[[], Awaitable[bool]],
-                  now: Callable[[], datetime.datetime]) -> None:
-        """Forever: sleep until the earliest due time (or a new earlier one), then start the due passes,
-        while ``active`` says this replica is the one that acts."""
+    async def _wait_for_change(self, timeout: float | None) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
+        except TimeoutError:
+            pass
+
+    async def run(self, start_pass: Callable[[Key], asyncio.Future[None] | None],
+                  active: Callable[[], Awaitable[bool]], now: Callable[[], datetime.datetime],
+                  started_limit: int) -> None:
+        """Forever: sleep until the earliest due time (or a new earlier one), then start the due passes
+        in time order, at most ``started_limit`` unfinished at once, while ``active`` says this replica
+        is the one that acts.
+
+        The limit keeps a burst of 10,000 new keys waiting here, as heap entries, rather than as 10,000
+        started passes queued for the same few slots.
+        """
+        slots = asyncio.Semaphore(started_limit)
         while True:
             self._changed.clear()
             wait = self.seconds_to_next(now())
             if wait is None or wait > 0:
-                try:
-                    async with asyncio.timeout(wait):
-                        await self._changed.wait()
-                except TimeoutError:
-                    pass
+                await self._wait_for_change(wait)
                 continue
             if not await active():
-                await asyncio.sleep(PAUSED_RECHECK_SECONDS)
+                await self._wait_for_change(PAUSED_RECHECK_SECONDS)
                 continue
-            for key in self.take_due(now()):
-                start_pass(key)
+            await slots.acquire()
+            key = self.take_due(now())
+            started = start_pass(key) if key is not None else None
+            if started is None:
+                slots.release()
+            else:
+                started.add_done_callback(lambda _: slots.release())

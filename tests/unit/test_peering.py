@@ -51,3 +51,17 @@ def test_the_gate_is_open_standalone_and_shut_while_the_peering_cannot_be_read()
                 await PeeringGate(only_us, "servicekey-operator", "me", 5).active())
 
     assert asyncio.run(verdicts()) == (True, False, True)
+
+
+def test_a_watch_event_opens_the_gate_before_the_next_reading():
+    def outranked_by_someone(name: str) -> list:
+        return [{"other": {"priority": 9, "lifetime": 60,
+                           "lastseen": datetime.datetime.now(datetime.UTC).isoformat()}}]
+
+    async def verdicts() -> tuple[bool, bool]:
+        gate = PeeringGate(outranked_by_someone, "servicekey-operator", "me", 5)
+        before = await gate.active()
+        gate.vouch()
+        return before, await gate.active()
+
+    assert asyncio.run(verdicts()) == (False, True)

@@ -20,9 +20,9 @@ def test_due_keys_come_out_in_time_order_and_only_once():
     scheduler.schedule("early", at(10))
     scheduler.schedule("middle", at(20))
 
-    assert scheduler.take_due(at(5)) == []
-    assert scheduler.take_due(at(25)) == ["early", "middle"]
-    assert scheduler.take_due(at(25)) == []
+    assert scheduler.take_due(at(5)) is None
+    assert [scheduler.take_due(at(25)), scheduler.take_due(at(25))] == ["early", "middle"]
+    assert scheduler.take_due(at(25)) is None
     assert "late" in scheduler and "early" not in scheduler
     assert scheduler.seconds_to_next(at(25)) == 5.0
 
@@ -34,10 +34,10 @@ def test_scheduling_again_replaces_the_earlier_plan_and_forget_drops_it():
     scheduler.schedule("gone", at(15))
     scheduler.forget("gone")
 
-    assert scheduler.take_due(at(20)) == []
+    assert scheduler.take_due(at(20)) is None
     assert scheduler.due_at("moved") == at(40)
     assert scheduler.seconds_to_next(at(20)) == 20.0
-    assert scheduler.take_due(at(40)) == ["moved"]
+    assert scheduler.take_due(at(40)) == "moved"
     assert scheduler.seconds_to_next(at(40)) is None
 
 
@@ -47,7 +47,7 @@ def test_many_replans_keep_the_heap_small():
         for key in range(100):
             scheduler.schedule(key, at(round_ * 100 + key))
     assert len(scheduler._heap) <= 2 * 100 + 64
-    assert scheduler.take_due(at(10_000)) == list(range(100))
+    assert [scheduler.take_due(at(10_000)) for _ in range(101)] == [*range(100), None]
 
 
 def test_the_task_starts_due_passes_and_none_while_paused():
@@ -58,20 +58,66 @@ def test_the_task_starts_due_passes_and_none_while_paused():
         async def is_active() -> bool:
             return active.is_set()
 
+        def start(key: str) -> asyncio.Future[None]:
+            started.append(key)
+            return asyncio.ensure_future(asyncio.sleep(0))
+
         def now() -> datetime.datetime:
             return datetime.datetime.now(datetime.UTC)
 
         scheduler: PassScheduler[str] = PassScheduler()
         scheduler.schedule("due", now())
-        runner = asyncio.create_task(scheduler.run(started.append, is_active, now))
+        runner = asyncio.create_task(scheduler.run(start, is_active, now, started_limit=4))
         await asyncio.sleep(0.1)
         while_paused = list(started)
         active.set()
-        scheduler.schedule("soon", now() + datetime.timedelta(seconds=0.05))
-        await asyncio.sleep(2.5)  # the paused task looks again every PAUSED_RECHECK_SECONDS
+        scheduler.schedule("soon", now() + datetime.timedelta(seconds=0.05))  # wakes the paused task
+        await asyncio.sleep(0.5)
         runner.cancel()
         return while_paused, started
 
     while_paused, started = asyncio.run(scenario())
     assert while_paused == []
     assert sorted(started) == ["due", "soon"]
+
+
+def test_no_more_than_the_limit_of_started_passes_is_unfinished_at_once():
+    async def scenario() -> tuple[int, list[int]]:
+        running: set[int] = set()
+        most = 0
+        release = asyncio.Event()
+
+        async def a_pass(key: int) -> None:
+            nonlocal most
+            running.add(key)
+            most = max(most, len(running))
+            await release.wait()
+            running.discard(key)
+
+        async def always() -> bool:
+            return True
+
+        def now() -> datetime.datetime:
+            return datetime.datetime.now(datetime.UTC)
+
+        finished: list[int] = []
+        scheduler: PassScheduler[int] = PassScheduler()
+        for key in range(10):
+            scheduler.schedule(key, now())
+
+        def start(key: int) -> asyncio.Future[None]:
+            task = asyncio.ensure_future(a_pass(key))
+            task.add_done_callback(lambda _: finished.append(key))
+            return task
+
+        runner = asyncio.create_task(scheduler.run(start, always, now, started_limit=3))
+        await asyncio.sleep(0.1)
+        waiting_at_the_limit = len(running)
+        release.set()
+        await asyncio.sleep(0.2)
+        runner.cancel()
+        return waiting_at_the_limit, sorted(finished) if most <= 3 else [-most]
+
+    waiting_at_the_limit, finished = asyncio.run(scenario())
+    assert waiting_at_the_limit == 3
+    assert finished == list(range(10))
