@@ -134,10 +134,6 @@ class OperatorState:
                 self.listed_at = time.monotonic()
         return self.listed_configmaps.pop((namespace, name), None)
 
-    def schedule(self, key: ObjectKey, at: datetime.datetime) -> None:
-        """Set when the key's next pass runs."""
-        self.scheduler.schedule(key, at)
-
     def start_scheduler(self) -> None:
         """Start the scheduler task, once, from a watch handler: the task inherits that handler's context,
         where kopf keeps the queue it posts Events through (a startup handler's context has none)."""
@@ -226,7 +222,7 @@ async def run_pass(state: OperatorState, body: Mapping[str, Any], logger: loggin
                 # One Warning per new problem, not per retry.
                 if ready_condition(observed).get("reason") != failure.reason:
                     _post(body, [Event("Warning", failure.reason, str(failure))])
-            state.schedule(key, now + datetime.timedelta(seconds=delay))
+            state.scheduler.schedule(key, now + datetime.timedelta(seconds=delay))
 
 
 async def _record_success(state: OperatorState, key: ObjectKey, body: Mapping[str, Any], desired: DesiredKey,
@@ -248,7 +244,7 @@ async def _record_success(state: OperatorState, key: ObjectKey, body: Mapping[st
                         turned=key in state.consecutive_failures)
     state.consecutive_failures.pop(key, None)
     resync = now + datetime.timedelta(seconds=state.config.resync_seconds * random.uniform(0.9, 1.1))
-    state.schedule(key, min(wake_at, resync) if wake_at else resync)
+    state.scheduler.schedule(key, min(wake_at, resync) if wake_at else resync)
     metrics.record_ready(key, outcome, due)
     _post(body, outcome.events)
 
@@ -349,7 +345,7 @@ async def servicekey_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.M
         return
     # Through the scheduler rather than here: a kopf handler in flight holds the whole object and kopf's
     # per-object worker, and a burst of new keys would hold thousands of them while waiting for a slot.
-    state.schedule(key, _now())
+    state.scheduler.schedule(key, _now())
 
 
 async def _resumed_from_status(state: OperatorState, key: ObjectKey, body: Mapping[str, Any],
@@ -368,7 +364,7 @@ async def _resumed_from_status(state: OperatorState, key: ObjectKey, body: Mappi
     first_pass = first_pass_time(desired, status, body["metadata"].get("generation"), listed_version, now, latest)
     if first_pass is None:
         return False
-    state.schedule(key, first_pass)
+    state.scheduler.schedule(key, first_pass)
     next_rotation = status.get("nextRotationTime")
     metrics.record_settled(key, parse_time(status["lastRotationTime"]),
                            parse_time(next_rotation) if next_rotation else None)
@@ -393,7 +389,7 @@ async def _scheduled_pass(state: OperatorState, key: ObjectKey, body: Mapping[st
         await run_pass(state, body, logger)
     except Exception as unexpected:  # a bug, not weather: say so and try again later rather than never
         logger.exception(f"pass failed unexpectedly: {type(unexpected).__name__}")
-        state.schedule(key, _now() + datetime.timedelta(seconds=MAX_BACKOFF_SECONDS))
+        state.scheduler.schedule(key, _now() + datetime.timedelta(seconds=MAX_BACKOFF_SECONDS))
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
@@ -424,7 +420,7 @@ async def namespace_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> 
     if event["type"] is None:  # the initial listing: every key runs its own first pass anyway
         return
     for key in list(state.publishing_elsewhere):
-        state.schedule(key, _now())
+        state.scheduler.schedule(key, _now())
 
 
 @kopf.on.event("", "v1", "configmaps", labels={publish.MANAGED_BY_LABEL: publish.MANAGED_BY})
@@ -446,4 +442,4 @@ async def repair_configmap(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> N
         # A key not seen yet must not be trusted on the strength of the listed version (see ``resume``).
         state.listed_configmaps.pop((metadata["namespace"], metadata["name"]), None)
         if key in state.bodies:
-            state.schedule(key, _now())
+            state.scheduler.schedule(key, _now())

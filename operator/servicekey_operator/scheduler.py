@@ -39,13 +39,6 @@ class PassScheduler(Generic[Key]):
         if len(self._heap) > 2 * len(self._due) + 64:
             self._compact()
 
-    def due_at(self, key: Key) -> datetime.datetime | None:
-        """When the key's next pass is planned, if it is."""
-        return self._due.get(key)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._due
-
     def forget(self, key: Key) -> None:
         """Plan nothing more for the key (it is gone)."""
         self._due.pop(key, None)

@@ -11,9 +11,9 @@ from servicekey_operator.peering import PeeringGate, outranked
 NOW = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)
 
 
-def keepalive(priority: int, seconds_ago: float, lifetime: int = 60) -> dict:
+def keepalive(priority: int, seconds_ago: float, lifetime: int = 60, now: datetime.datetime = NOW) -> dict:
     return {"priority": priority, "lifetime": lifetime,
-            "lastseen": (NOW - datetime.timedelta(seconds=seconds_ago)).isoformat()}
+            "lastseen": (now - datetime.timedelta(seconds=seconds_ago)).isoformat()}
 
 
 def test_a_live_higher_or_equal_priority_outranks_us():
@@ -55,8 +55,7 @@ def test_the_gate_is_open_standalone_and_shut_while_the_peering_cannot_be_read()
 
 def test_a_watch_event_opens_the_gate_before_the_next_reading():
     def outranked_by_someone(name: str) -> list:
-        return [{"other": {"priority": 9, "lifetime": 60,
-                           "lastseen": datetime.datetime.now(datetime.UTC).isoformat()}}]
+        return [{"other": keepalive(9, 0, now=datetime.datetime.now(datetime.UTC))}]
 
     async def verdicts() -> tuple[bool, bool]:
         gate = PeeringGate(outranked_by_someone, "servicekey-operator", "me", 5)
