@@ -10,11 +10,12 @@ import hvac
 import kubernetes.client
 import kubernetes.config
 import pytest
+from kubernetes.client.rest import ApiException
 
 from servicekey_operator.devcluster.environment import DevEnvironment
 from servicekey_operator.devcluster.openbao import OpenBaoServer
 from servicekey_operator.devcluster.operator_process import OperatorProcess
-from tests.support import ServiceKeys
+from tests.support import ACCEPT_FROM, MakeNamespace, ServiceKeys
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +54,27 @@ def namespace(core_api: kubernetes.client.CoreV1Api) -> Iterator[str]:
     core_api.create_namespace({"metadata": {"name": name}})
     yield name
     core_api.delete_namespace(name)
+
+
+@pytest.fixture
+def make_namespace(core_api: kubernetes.client.CoreV1Api) -> Iterator[MakeNamespace]:
+    """Create extra namespaces with labels and the copy opt-in annotation; delete them after the test."""
+    created: list[str] = []
+
+    def make(labels: dict[str, str] | None = None, accept_from: str | None = None, name: str | None = None) -> str:
+        name = name or f"t-{uuid.uuid4().hex[:10]}"
+        annotations = {ACCEPT_FROM: accept_from} if accept_from else {}
+        core_api.create_namespace({"metadata": {"name": name, "labels": labels or {}, "annotations": annotations}})
+        created.append(name)
+        return name
+
+    yield make
+    for name in created:
+        try:
+            core_api.delete_namespace(name)
+        except ApiException as gone:
+            if gone.status != 404:
+                raise
 
 
 @pytest.fixture

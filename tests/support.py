@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import time
 from collections.abc import Callable
@@ -14,11 +15,20 @@ import kubernetes.client
 from kubernetes.client.rest import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
+from servicekey_operator.config import VaultSettings
 from servicekey_operator.devcluster.environment import DevEnvironment
+from servicekey_operator.devcluster.openbao import OpenBaoServer
 from servicekey_operator.devcluster.operator_process import OperatorProcess
+from servicekey_operator.keys import generate_keypair
+from servicekey_operator.vault.connection import VaultConnection
+from servicekey_operator.vault.kv import KvKeyStore
+from servicekey_operator.vault.ownership import Owner
 
 T = TypeVar("T")
 GROUP, VERSION, PLURAL = "servicekey.io", "v1alpha1", "servicekeys"
+ACCEPT_FROM = "servicekey.io/accept-from"
+# make_namespace(labels=None, accept_from=None, name=None) -> the new namespace's name
+MakeNamespace = Callable[..., str]
 
 
 def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1) -> T:
@@ -151,6 +161,28 @@ class ServiceKeys:
             ready = ready_condition(obj or {}).get("status") == "True"
             return obj if ready and status.get("keyId") not in (None, old_kid) else None
         return wait_for(probe, timeout, f"a new key id on {name} (old {old_kid})")
+
+    def seed_key(self, name: str, algorithm: str = "ES256", age: datetime.timedelta = datetime.timedelta(),
+                 vault: OpenBaoServer | None = None) -> str:
+        """Write a key into Vault (the session's, or ``vault``) at the ServiceKey's default path, as the operator
+        would have written it ``age`` ago (a ServiceKey created afterwards adopts it); return its kid.
+
+        A schedule counts from the current key's creation, so a seeded old key makes the next scheduled
+        rotation come within seconds although ``rotation.period`` is at least a minute.
+        """
+        owner = Owner(self.namespace, name, self.core.read_namespace(self.namespace).metadata.uid, "seeded")
+        server = vault or self.env.vault
+        store = KvKeyStore(VaultConnection(VaultSettings(addr=server.addr, token=server.root_token)))
+        written = store.write("secret", f"servicekeys/{self.namespace}/{name}", generate_keypair(algorithm),
+                              owner=owner, service_name=name, rotate_annotation=None, rotation_reason="Created",
+                              created_at=datetime.datetime.now(datetime.UTC) - age, expected_version=0)
+        return written.kid
+
+    def events(self, name: str) -> list[tuple[str, str, str]]:
+        """(type, reason, message) of every Event about the ServiceKey ``name``."""
+        events = self.core.list_namespaced_event(self.namespace,
+                                                 field_selector=f"involvedObject.name={name}").items
+        return [(event.type, event.reason, event.message or "") for event in events]
 
     def configmap(self, name: str, namespace: str | None = None) -> kubernetes.client.V1ConfigMap | None:
         """A ConfigMap, or None when it does not exist."""

@@ -47,10 +47,18 @@ class VaultWriteConflict(ServiceKeyError):
 
 
 class ConfigMapConflict(ServiceKeyError):
-    """A ConfigMap with the target name exists and is not ours; it is never overwritten."""
+    """A ConfigMap with the target name exists and is not ours; it is never overwritten.
+
+    ``holder`` is the ServiceKey (namespace, name) whose copy it is, when it is one: that key's next pass
+    withdraws a copy that stands where this namespace publishes its own key.
+    """
 
     reason = "ConfigMapConflict"
     retryable = False
+
+    def __init__(self, message: str, holder: tuple[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 class KubernetesUnavailable(ServiceKeyError):

@@ -29,7 +29,7 @@ import kopf
 
 from servicekey_operator import metrics, publish
 from servicekey_operator.config import OperatorConfig
-from servicekey_operator.errors import ServiceKeyError
+from servicekey_operator.errors import ConfigMapConflict, ServiceKeyError
 from servicekey_operator.keygen import KeyGenerator
 from servicekey_operator.keys import KeyPair, is_rsa
 from servicekey_operator.kubeapi import LIST_PAGE_SIZE, KubeGateway, api_client
@@ -37,10 +37,11 @@ from servicekey_operator.peering import PeeringGate
 from servicekey_operator.reconcile import Event, Keygen, Outcome, Reconciler, next_pass_time, next_rotation_time
 from servicekey_operator.resume import first_pass_time
 from servicekey_operator.scheduler import PassScheduler
-from servicekey_operator.spec import ROTATE_ANNOTATION, DesiredKey, desired_key
+from servicekey_operator.spec import ROTATE_ANNOTATION, DesiredKey, desired_key, rotate_request_digest
 from servicekey_operator.status import differs, failed_status, ready_condition, ready_status
 from servicekey_operator.vault.connection import VaultConnection
 from servicekey_operator.vault.kv import KvKeyStore
+from servicekey_operator.vault.ownership import ADOPT_NAMESPACE_UID_ANNOTATION, Owner
 from servicekey_operator.vault.records import parse_time
 from servicekey_operator.vault.transit import TransitKeys
 
@@ -54,14 +55,23 @@ CONCURRENT_PASSES = 16
 # Passes the scheduler has started and not finished: more than run at once, so RSA passes waiting for
 # keygen (which lend their slot, see ``_rsa_outside_the_pass_limit``) leave room for the others.
 STARTED_PASSES = 4 * CONCURRENT_PASSES
+# Started passes of one namespace at once: a quarter of them, so three other tenants always find room.
+PASSES_PER_NAMESPACE = STARTED_PASSES // 4
 # How long a finalized key's uid is remembered, so a pass that was already queued for it stands down.
 FINALIZED_MEMORY_SECONDS = 300.0
 # A ConfigMap changed after the listing is caught by the drift watch (``repair_configmap``), but only for
 # keys already known; so the listing is renewed rather than kept across a standby's long wait.
 CONFIGMAP_LISTING_MAX_AGE_SECONDS = 120.0
 ObjectKey = tuple[str, str]
-# What makes a watch event worth a pass: the object (uid), its spec (generation), the rotate request.
-Trigger = tuple[str, int | None, str | None]
+# What makes a watch event worth a pass: the object (uid), its spec (generation), the rotate request (its
+# digest) and the namespace whose records it may adopt.
+Trigger = tuple[str, int | None, str | None, str | None]
+# What a namespace event must change to matter: uid, labels, the copy opt-in, phase.
+NamespaceFacts = tuple[str, tuple[tuple[str, str], ...], str | None, str | None]
+
+
+def _namespace_of(key: ObjectKey) -> str:
+    return key[0]
 
 
 def backoff_seconds(retry: int) -> float:
@@ -81,12 +91,15 @@ class NoDiffBase(kopf.DiffBaseStorage):
 
 
 def slim_body(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What a pass and its Events need of a ServiceKey, without managedFields and other annotations."""
+    """What a pass and its Events need of a ServiceKey, without managedFields and other annotations, and with
+    the rotate request as its digest (the annotation may hold 256 KiB, kept once per key otherwise)."""
     meta = body["metadata"]
-    kept_meta = {name: meta[name] for name in ("name", "namespace", "uid", "generation", "deletionTimestamp")
-                 if name in meta}
-    rotate = (meta.get("annotations") or {}).get(ROTATE_ANNOTATION)
-    kept_meta["annotations"] = {ROTATE_ANNOTATION: rotate} if rotate is not None else {}
+    kept_meta = {name: meta[name] for name in ("name", "namespace", "uid", "generation", "creationTimestamp",
+                                               "deletionTimestamp") if name in meta}
+    annotations = meta.get("annotations") or {}
+    kept_meta["annotations"] = {name: value for name, value in (
+        (ROTATE_ANNOTATION, rotate_request_digest(annotations.get(ROTATE_ANNOTATION))),
+        (ADOPT_NAMESPACE_UID_ANNOTATION, annotations.get(ADOPT_NAMESPACE_UID_ANNOTATION))) if value is not None}
     return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": kept_meta,
             "spec": body.get("spec") or {}, "status": body.get("status") or {}}
 
@@ -104,7 +117,9 @@ class OperatorState:
     passes_in_flight: asyncio.Semaphore
     gate: PeeringGate
     settings: kopf.OperatorSettings
-    scheduler: PassScheduler[ObjectKey] = field(default_factory=PassScheduler)
+    # Fair between namespaces: one tenant's burst of keys cannot hold every started pass (see ``scheduler``).
+    scheduler: PassScheduler[ObjectKey] = field(
+        default_factory=lambda: PassScheduler(group=_namespace_of, group_limit=PASSES_PER_NAMESPACE))
     # The latest of each key's watch events, slimmed: what a scheduled pass works on.
     bodies: dict[ObjectKey, dict[str, Any]] = field(default_factory=dict)
     locks: dict[ObjectKey, asyncio.Lock] = field(default_factory=dict)
@@ -112,6 +127,8 @@ class OperatorState:
     consecutive_failures: dict[ObjectKey, int] = field(default_factory=dict)
     finalizing: dict[ObjectKey, str] = field(default_factory=dict)
     handled: dict[ObjectKey, Trigger] = field(default_factory=dict)
+    # The last seen facts of every namespace, so that a namespace event re-plans only the keys it concerns.
+    namespaces: dict[str, NamespaceFacts] = field(default_factory=dict)
     # resourceVersions of the source ConfigMaps by (namespace, ConfigMap name), listed when the first
     # listing of ServiceKeys arrives (at start, or when a standby takes over) and taken out key by key.
     listed_configmaps: dict[ObjectKey, str] = field(default_factory=dict)
@@ -187,6 +204,15 @@ def _desired(state: OperatorState, body: Mapping[str, Any]) -> DesiredKey:
                        meta.get("annotations") or {}, state.config)
 
 
+async def _owner(state: OperatorState, body: Mapping[str, Any]) -> Owner:
+    """Who the pass works for, with the uid of the namespace incarnation the ServiceKey lives in."""
+    meta = body["metadata"]
+    created = meta.get("creationTimestamp")
+    namespace_uid = await asyncio.to_thread(state.kube.namespace_uid, meta["namespace"],
+                                            parse_time(created) if created else None)
+    return Owner(meta["namespace"], meta["name"], namespace_uid, meta["uid"])
+
+
 async def run_pass(state: OperatorState, body: Mapping[str, Any], logger: logging.Logger) -> None:
     """One reconcile pass for one ServiceKey, with status, events and error mapping.
 
@@ -205,12 +231,16 @@ async def run_pass(state: OperatorState, body: Mapping[str, Any], logger: loggin
         now = _now()
         try:
             desired = _desired(state, body)
+            owner = await _owner(state, body)
             with metrics.reconcile_timer():
-                outcome = await state.reconciler.reconcile(desired, now, published_kid=observed.get("keyId"),
+                outcome = await state.reconciler.reconcile(desired, owner, now, published_kid=observed.get("keyId"),
                                                            expect_copies=bool(observed.get("publishedNamespaces")),
                                                            previous_configmap=observed.get("configMapName"))
             await _record_success(state, key, body, desired, outcome, now)
         except ServiceKeyError as failure:
+            if isinstance(failure, ConfigMapConflict) and failure.holder in state.bodies:
+                # A copy from another namespace stands where this key publishes: its source withdraws it.
+                state.scheduler.schedule(failure.holder, now)
             failures = state.consecutive_failures[key] = state.consecutive_failures.get(key, 0) + 1
             delay = backoff_seconds(failures - 1) if failure.retryable else CONFLICT_RECHECK_SECONDS
             metrics.record_failure(key, failure.reason)
@@ -283,6 +313,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     # ConfigMaps decoded at once at start, a peak the allocator keeps as RSS (509 MiB after a restart over
     # 10,000 keys; 298 MiB in pages of 500).
     settings.watching.chunk_size = LIST_PAGE_SIZE
+    # Only our ConfigMaps, filtered by the API server: anybody may create ConfigMaps anywhere, and a client-side
+    # filter would have the operator list and watch (and hold at start) every one of them.
+    settings.watching.label_selectors["", "v1", "configmaps"] = f"{publish.MANAGED_BY_LABEL}={publish.MANAGED_BY}"
     settings.posting.level = logging.INFO
     # How long standbys wait after the active replica's last keep-alive before taking over; kopf's
     # default of 60 s would stall key management for up to a minute after a crash.
@@ -336,7 +369,9 @@ async def servicekey_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.M
         return  # the deletion handler owns the end of life
     if FINALIZER not in (meta.get("finalizers") or []):
         return  # kopf adds it first, so a key is never written to Vault unguarded; that event brings us back
-    trigger: Trigger = (meta["uid"], meta.get("generation"), (meta.get("annotations") or {}).get(ROTATE_ANNOTATION))
+    annotations = meta.get("annotations") or {}
+    trigger: Trigger = (meta["uid"], meta.get("generation"), rotate_request_digest(annotations.get(ROTATE_ANNOTATION)),
+                        annotations.get(ADOPT_NAMESPACE_UID_ANNOTATION))
     if state.handled.get(key) == trigger:
         return
     first_sight = key not in state.handled
@@ -402,7 +437,7 @@ async def finalize_servicekey(body: kopf.Body, memo: kopf.Memo, logger: logging.
         state.finalizing[key] = body["metadata"]["uid"]
         try:
             desired = _desired(state, body)
-            events = await state.reconciler.finalize(desired)
+            events = await state.reconciler.finalize(desired, await _owner(state, body))
         except ServiceKeyError as failure:
             if failure.retryable:
                 raise kopf.TemporaryError(str(failure), delay=backoff_seconds(retry)) from failure
@@ -413,14 +448,42 @@ async def finalize_servicekey(body: kopf.Body, memo: kopf.Memo, logger: logging.
         state.forget(key)
 
 
+def _namespace_facts(namespace: Mapping[str, Any]) -> NamespaceFacts:
+    meta = namespace["metadata"]
+    return (meta.get("uid", ""), tuple(sorted((meta.get("labels") or {}).items())),
+            (meta.get("annotations") or {}).get(publish.ACCEPT_FROM_ANNOTATION),
+            (namespace.get("status") or {}).get("phase"))
+
+
 @kopf.on.event("", "v1", "namespaces")
 async def namespace_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    """A namespace appeared, changed its labels or opt-in, or went: re-plan every key that publishes elsewhere."""
+    """A namespace appeared, changed its labels or opt-in, or went: re-plan the keys that publish into it.
+
+    Only a change of what decides a copy (uid, labels, opt-in, phase) counts, and only keys that list the
+    namespace or select it (before or after the change) get a pass: one tenant's namespace churn costs
+    nobody else's keys a pass.
+    """
     state: OperatorState = memo.state
-    if event["type"] is None:  # the initial listing: every key runs its own first pass anyway
+    namespace = event["object"]
+    name = namespace["metadata"]["name"]
+    before = state.namespaces.get(name)
+    if event["type"] == "DELETED":
+        state.namespaces.pop(name, None)
+        state.kube.forget_namespace(name)
+        after = None
+    else:
+        after = state.namespaces[name] = _namespace_facts(namespace)
+        state.kube.forget_namespace(name, after[0])
+    if event["type"] is None or before == after:  # the initial listing: every key runs its own first pass anyway
         return
+    labels_before = dict(before[1]) if before else None
+    labels_after = dict(after[1]) if after else None
     for key in list(state.publishing_elsewhere):
-        state.scheduler.schedule(key, _now())
+        body = state.bodies.get(key)
+        public_key = ((body or {}).get("spec") or {}).get("publicKey") or {}
+        published = ((body or {}).get("status") or {}).get("publishedNamespaces") or ()
+        if name in published or publish.namespace_concerns(public_key, key[0], name, labels_before, labels_after):
+            state.scheduler.schedule(key, _now())
 
 
 @kopf.on.event("", "v1", "configmaps", labels={publish.MANAGED_BY_LABEL: publish.MANAGED_BY})
@@ -443,3 +506,10 @@ async def repair_configmap(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> N
         state.listed_configmaps.pop((metadata["namespace"], metadata["name"]), None)
         if key in state.bodies:
             state.scheduler.schedule(key, _now())
+    if event["type"] == "DELETED" and key[0] != metadata["namespace"]:
+        # A withdrawn copy frees the name for the key of that namespace that publishes under it.
+        for other, body in list(state.bodies.items()):
+            public_key = (body.get("spec") or {}).get("publicKey") or {}
+            if other[0] == metadata["namespace"] and \
+                    (public_key.get("configMapName") or f"{other[1]}-public") == metadata["name"]:
+                state.scheduler.schedule(other, _now())

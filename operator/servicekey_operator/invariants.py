@@ -13,7 +13,11 @@ Vault (and, if asked, the raw etcd keyspace) and returns every violation it can 
 - the ConfigMap contract: a ConfigMap with our labels whose owner reference is not its live
   ServiceKey's uid, a copy in another namespace whose ServiceKey is gone, or that differs from its source;
 - Vault secrets under the prefix whose owner ServiceKey no longer exists (``OrphanedSecret``), and a
-  key held in the records of two ServiceKeys (``SharedKey``).
+  key or a Transit key held in the records of two ServiceKeys (``SharedKey``);
+- invariant 7 (tenants are isolated): a Ready ServiceKey whose record does not prove it is this
+  ServiceKey's, in this incarnation of its namespace (``OwnershipUnproven``: another owner, or a namespace
+  deleted and created again without an adoption), and a copy from another namespace that stands where a
+  ServiceKey of the target namespace publishes its own key, or that does not name its source's uid.
 
 Limits, by construction of an at-rest check:
 - The operator records each owner's deletion policy in the secret's custom_metadata
@@ -54,7 +58,11 @@ from servicekey_operator.config import OperatorConfig, VaultSettings
 from servicekey_operator.errors import InvalidSpec
 from servicekey_operator.spec import DesiredKey, desired_key
 from servicekey_operator.vault.kv import PENDING_SUFFIX
-from servicekey_operator.vault.records import DELETION_POLICY_METADATA_KEY, OWNER_METADATA_KEY
+from servicekey_operator.vault.records import (
+    ADOPTED_NAMESPACE_UID_METADATA_KEY,
+    DELETION_POLICY_METADATA_KEY,
+    OWNER_METADATA_KEY,
+)
 
 __all__ = [
     "CONFIGMAP_OWNERSHIP",
@@ -63,6 +71,7 @@ __all__ = [
     "INVARIANT_NAMES",
     "JWKS_MISMATCH",
     "ORPHANED_SECRET",
+    "OWNERSHIP_UNPROVEN",
     "PRIVATE_JWK",
     "PRIVATE_KEY_MATERIAL",
     "SHARED_KEY",
@@ -74,6 +83,7 @@ __all__ = [
     "configmap_violations",
     "expected_jwks_kids",
     "orphan_violations",
+    "ownership_proof_violations",
     "ownership_violations",
     "record_violations",
     "shared_key_violations",
@@ -84,6 +94,7 @@ INVARIANT_NAMES = {
     1: "private key material only in Vault",
     2: "the ConfigMap publishes Vault's current key",
     3: "the JWKS holds the current, pending and retained keys",
+    7: "tenants are isolated",
 }
 PRIVATE_KEY_MATERIAL = "PrivateKeyMaterial"
 PRIVATE_JWK = "PrivateJwkParameter"
@@ -92,6 +103,7 @@ JWKS_MISMATCH = "JwksMismatch"
 CONFIGMAP_OWNERSHIP = "ConfigMapOwnership"
 ORPHANED_SECRET = "OrphanedSecret"
 SHARED_KEY = "SharedKey"
+OWNERSHIP_UNPROVEN = "OwnershipUnproven"
 PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi")
 # Secret types whose job is to hold private keys that are not ours: armour there is expected.
 KEY_HOLDING_SECRET_TYPES = ("kubernetes.io/tls", "kubernetes.io/ssh-auth")
@@ -144,6 +156,9 @@ class VaultKey:
     private_pem: str = field(default="", repr=False)
     transit_key: str | None = None
     transit_version: int | None = None
+    transit_mount: str | None = None
+    owner: str | None = None
+    owner_namespace_uid: str | None = None
 
     @classmethod
     def from_data(cls, version: int, data: Mapping[str, Any]) -> VaultKey:
@@ -152,7 +167,9 @@ class VaultKey:
         return cls(version=version, kid=str(data["kid"]), algorithm=str(data["algorithm"]),
                    public_pem=str(data["public_key"]), private_pem=str(data.get("private_key") or ""),
                    transit_key=data.get("transit_key") or None,
-                   transit_version=int(transit_version) if transit_version else None)
+                   transit_version=int(transit_version) if transit_version else None,
+                   transit_mount=data.get("transit_mount") or None, owner=data.get("owner") or None,
+                   owner_namespace_uid=data.get("owner_namespace_uid") or None)
 
 
 @dataclass(frozen=True)
@@ -558,6 +575,29 @@ def scan_etcd_value(scanner: MaterialScanner, key: str, value: bytes,
 # --- Ownership and orphans ----------------------------------------------------------------------------
 
 
+def ownership_proof_violations(record: KeyRecord, owner: str, namespace_uid: str | None) -> list[Violation]:
+    """Invariant 7 for a Ready ServiceKey ``owner`` in the namespace incarnation ``namespace_uid``: its current
+    and pending keys must name it, and the namespace uid they were written in must be this one, or one whose
+    adoption the operator recorded in the secret's metadata (``servicekey.io/adopted-namespace-uid``)."""
+    adopted = record.custom_metadata.get(ADOPTED_NAMESPACE_UID_METADATA_KEY)
+    found = []
+    for key in (record.current, record.pending):
+        if key is None:
+            continue
+        which = f"version {key.version}" if key.version else "the pending key"
+        if key.owner != owner:
+            found.append(Violation(7, OWNERSHIP_UNPROVEN, "VaultSecret", record.location,
+                                   f"{which} names {key.owner or 'no owner'}, yet ServiceKey {owner} is Ready on it"))
+        elif namespace_uid is not None and key.owner_namespace_uid not in {namespace_uid, adopted} - {None}:
+            found.append(Violation(7, OWNERSHIP_UNPROVEN, "VaultSecret", record.location,
+                                   f"{which} was written in namespace uid {key.owner_namespace_uid or '(none)'}, "
+                                   f"not in this namespace (uid {namespace_uid}), and no adoption is recorded: "
+                                   f"ServiceKey {owner} inherited another tenant's key"))
+    return found
+
+
+
+
 def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
     return (obj.get("metadata") or {}).get("labels") or {}
 
@@ -570,13 +610,16 @@ def _configmap_name_of(servicekey: Mapping[str, Any]) -> str:
 
 def ownership_violations(configmaps: Iterable[Mapping[str, Any]],
                          servicekeys: Mapping[tuple[str, str], Mapping[str, Any] | None],
-                         sources: Mapping[tuple[str, str], Mapping[str, str] | None]) -> list[Violation]:
+                         sources: Mapping[tuple[str, str], Mapping[str, str] | None],
+                         own_configmaps: Mapping[tuple[str, str], Iterable[str]] | None = None) -> list[Violation]:
     """ConfigMaps that carry our labels: each must belong to a live ServiceKey.
 
     ``servicekeys`` maps (namespace, name) to the live ServiceKey (None: it does not exist) for every
     ServiceKey the ConfigMaps name; ``sources`` maps (namespace, name) to the data of the source ConfigMap
-    of copies (None: missing).
+    of copies (None: missing); ``own_configmaps`` maps (namespace, ConfigMap name) to the ServiceKeys of that
+    namespace that publish their own key under that name.
     """
+    own_configmaps = own_configmaps or {}
     found: list[Violation] = []
     for configmap in configmaps:
         metadata = configmap.get("metadata") or {}
@@ -596,10 +639,17 @@ def ownership_violations(configmaps: Iterable[Mapping[str, Any]],
             continue
         source_namespace = labels.get(publish.SOURCE_NAMESPACE_LABEL)
         if source_namespace and source_namespace != namespace:
+            displaced = sorted(ref for ref in own_configmaps.get((namespace, name), ()))
+            if displaced:
+                problem(f"copy of ServiceKey {source_namespace}/{owner_name} stands where {', '.join(displaced)} "
+                        "publishes its own key: verifiers there trust another namespace's key", 7)
             servicekey = servicekeys.get((source_namespace, owner_name))
             if servicekey is None:
                 problem(f"copy of ServiceKey {source_namespace}/{owner_name}, which does not exist")
                 continue
+            if labels.get(publish.OWNER_UID_LABEL) != servicekey["metadata"].get("uid"):
+                problem(f"copy names ServiceKey uid {labels.get(publish.OWNER_UID_LABEL) or '(none)'}, not the live "
+                        f"{source_namespace}/{owner_name} (uid {servicekey['metadata'].get('uid')})", 7)
             published = (servicekey.get("status") or {}).get("publishedNamespaces") or []
             if name != _configmap_name_of(servicekey) or namespace not in published:
                 problem(f"copy of ServiceKey {source_namespace}/{owner_name} that it no longer publishes "
@@ -652,20 +702,24 @@ def orphan_violations(records: Iterable[KeyRecord], live: Iterable[tuple[str, st
 
 
 def shared_key_violations(records: Iterable[KeyRecord]) -> list[Violation]:
-    """A key (kid) that is in the records of two ServiceKeys: each ServiceKey's keys are its own."""
+    """A key (kid) or a Transit key that is in the records of two ServiceKeys: each ServiceKey's keys are its
+    own."""
     holders: dict[str, dict[str, KeyRecord]] = {}
     for record in records:
         for key in (*record.versions, *([record.pending] if record.pending else [])):
-            holders.setdefault(key.kid, {})[record.location] = record
+            holders.setdefault(f"key {key.kid}", {})[record.location] = record
+            if key.transit_key:
+                transit = f"{key.transit_mount}/{key.transit_key}" if key.transit_mount else key.transit_key
+                holders.setdefault(f"Transit key {transit}", {})[record.location] = record
     found = []
-    for kid, by_location in holders.items():
+    for what, by_location in holders.items():
         if len({record.owner for record in by_location.values()}) < 2:
             continue
         for location, record in sorted(by_location.items()):
             others = ", ".join(f"{other} (owner {by_location[other].owner})" for other in sorted(by_location)
                                if other != location)
             found.append(Violation(None, SHARED_KEY, "VaultSecret", location,
-                                   f"key {kid} (owner {record.owner}) is also held by {others}"))
+                                   f"{what} (owner {record.owner}) is also held by {others}"))
     return found
 
 
@@ -791,12 +845,23 @@ class _Kubernetes:
         self.custom = kubernetes.client.CustomObjectsApi(client)
         self.events = kubernetes.client.EventsV1Api(client)
         self._servicekeys: dict[tuple[str, str], dict[str, Any] | None] = {}
+        self._namespace_uids: dict[str, str | None] = {}
 
     def plain(self, items: Iterable[Any]) -> list[dict[str, Any]]:
         return [self.client.sanitize_for_serialization(item) for item in items]
 
     def namespaces(self) -> list[str]:
         return [ns.metadata.name for ns in self.core.list_namespace().items]
+
+    def namespace_uid(self, name: str) -> str | None:
+        if name not in self._namespace_uids:
+            try:
+                self._namespace_uids[name] = self.core.read_namespace(name).metadata.uid
+            except ApiException as missing:
+                if missing.status != 404:
+                    raise
+                self._namespace_uids[name] = None
+        return self._namespace_uids[name]
 
     def servicekeys(self, namespace: str) -> list[dict[str, Any]]:
         items = self.custom.list_namespaced_custom_object(_GROUP, _VERSION, namespace, _PLURAL)["items"]
@@ -926,7 +991,7 @@ def check(kube_client: kubernetes.client.ApiClient, vault_client: hvac.Client, *
         for event in kube.plain(kube.events.list_namespaced_event(namespace).items):
             if (event.get("metadata") or {}).get("uid") not in seen:  # the same Event, seen through events.k8s.io
                 violations += scan_kubernetes_object(scanner, "Event", event)
-    violations += _ownership(configmaps, kube)
+    violations += _ownership(configmaps, kube, (item for items in servicekeys.values() for item in items))
 
     if etcd_endpoint:
         for key, value in etcd_range(etcd_endpoint):
@@ -964,12 +1029,19 @@ def _servicekey_violations(servicekey: Mapping[str, Any], kube: _Kubernetes, vau
     name = _configmap_name_of(servicekey)
     published = kube.configmap(namespace, name)
     found = record_violations(record, owner)
+    found += ownership_proof_violations(record, owner, kube.namespace_uid(namespace))
     found += configmap_violations(f"{namespace}/{name}", None if published is None else published.get("data") or {},
                                   record, retain)
     return found, record
 
 
-def _ownership(configmaps: Sequence[Mapping[str, Any]], kube: _Kubernetes) -> list[Violation]:
+def _ownership(configmaps: Sequence[Mapping[str, Any]], kube: _Kubernetes,
+               servicekeys: Iterable[Mapping[str, Any]]) -> list[Violation]:
+    own_configmaps: dict[tuple[str, str], list[str]] = {}
+    for servicekey in servicekeys:
+        metadata = servicekey["metadata"]
+        own_configmaps.setdefault((metadata["namespace"], _configmap_name_of(servicekey)), []).append(
+            f"ServiceKey {metadata['namespace']}/{metadata['name']}")
     owners: dict[tuple[str, str], Mapping[str, Any] | None] = {}
     sources: dict[tuple[str, str], Mapping[str, str] | None] = {}
     for configmap in configmaps:
@@ -981,7 +1053,7 @@ def _ownership(configmaps: Sequence[Mapping[str, Any]], kube: _Kubernetes) -> li
         if namespace != metadata["namespace"]:
             source = kube.configmap(namespace, metadata["name"])
             sources[(namespace, metadata["name"])] = None if source is None else source.get("data") or {}
-    return ownership_violations(configmaps, owners, sources)
+    return ownership_violations(configmaps, owners, sources, own_configmaps)
 
 
 def summary(violations: Sequence[Violation]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import json
 from collections.abc import Iterator
@@ -33,6 +34,9 @@ class NamespaceUnavailable(ServiceKeyError):
 
 # Objects per page when listing many: a page of ConfigMaps or ServiceKeys is a few MiB decoded.
 LIST_PAGE_SIZE = 500
+# A cached namespace uid is trusted for a ServiceKey only if it was read this long after the ServiceKey was
+# created (creation times have whole seconds, and the clocks of operator and API server may differ a little).
+NAMESPACE_UID_MARGIN = datetime.timedelta(seconds=5)
 
 
 @contextlib.contextmanager
@@ -85,6 +89,8 @@ class KubeGateway:
         # The resourceVersion of each ConfigMap as we last wrote it, so the drift watch can tell our own
         # writes coming back from someone else's edits.
         self._written: dict[tuple[str, str], str] = {}
+        # Namespace name -> (uid, when it was read): see ``namespace_uid``.
+        self._namespace_uids: dict[str, tuple[str, datetime.datetime]] = {}
 
     def wrote(self, namespace: str, name: str, resource_version: str) -> bool:
         """Whether this ConfigMap version is the one our last write produced."""
@@ -162,6 +168,21 @@ class KubeGateway:
                 if missing.status != 404:
                     raise
 
+    def configmap_names_of_servicekeys(self, namespace: str) -> set[str]:
+        """The ConfigMap names the ServiceKeys of ``namespace`` publish their own keys under (whether or not those
+        ConfigMaps exist right now). Empty when this operator may not list ServiceKeys there (a namespace it
+        only publishes into), whose keys it does not serve either."""
+        with kube_call("list_servicekeys", f"listing ServiceKeys in {namespace}"):
+            try:
+                reply = self.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "servicekeys",
+                                                                  _preload_content=False)
+            except ApiException as forbidden:
+                if forbidden.status == 403:
+                    return set()
+                raise
+        return {((item.get("spec") or {}).get("publicKey") or {}).get("configMapName")
+                or f"{item['metadata']['name']}-public" for item in _json(reply)["items"]}
+
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Merge-patch the ServiceKey's status subresource."""
         with kube_call("patch_status", f"patching status of ServiceKey {namespace}/{name}"):
@@ -175,15 +196,58 @@ class KubeGateway:
     def peering_keepalives(self, name: str, namespaces: tuple[str, ...] = ()) -> list[dict[str, Any]]:
         """The keep-alives (status) of kopf's peering object ``name``: the ClusterKopfPeering, or the
         KopfPeering in each of ``namespaces`` for a namespaced operator."""
+        # Listed by name rather than read: kopf lists and watches these objects anyway, so the operator needs
+        # no further right on them.
+        selector = f"metadata.name={name}"
         with kube_call("read_peering", f"reading the kopf peering {name}"):
             if not namespaces:
-                return [self.custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", name)
-                        .get("status") or {}]
-            return [self.custom.get_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", name)
-                    .get("status") or {} for namespace in namespaces]
+                found = self.custom.list_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings",
+                                                               field_selector=selector)["items"]
+            else:
+                found = [item for namespace in namespaces for item in self.custom.list_namespaced_custom_object(
+                    "kopf.dev", "v1", namespace, "kopfpeerings", field_selector=selector)["items"]]
+        if len(found) < max(1, len(namespaces)):
+            raise KubernetesUnavailable(f"the kopf peering object {name} is missing")
+        return [item.get("status") or {} for item in found]
 
     def list_namespaces(self, label_selector: str | None = None) -> list[dict[str, Any]]:
-        """Namespaces (optionally by label selector) as plain dicts."""
+        """Namespaces (optionally by label selector, filtered by the API server) as plain dicts."""
         with kube_call("list_namespaces", "listing namespaces"):
             reply = self.core.list_namespace(label_selector=label_selector or None, _preload_content=False)
         return _json(reply)["items"]
+
+    def read_namespace(self, name: str) -> dict[str, Any] | None:
+        """The namespace as a plain dict, or None when it does not exist."""
+        with kube_call("read_namespace", f"reading namespace {name}"):
+            try:
+                reply = self.core.read_namespace(name, _preload_content=False)
+            except ApiException as missing:
+                if missing.status == 404:
+                    return None
+                raise
+        return _json(reply)
+
+    def namespace_uid(self, name: str, created_at: datetime.datetime | None = None) -> str:
+        """The uid of the namespace ``name``, which tells its incarnations apart (a namespace deleted and
+        created again is another tenant's); raises NamespaceUnavailable when it does not exist.
+
+        A uid read from the API server is reused for ServiceKeys ``created_at`` well before it was read:
+        one created later may live in a namespace that was re-created meanwhile, so it gets a fresh read.
+        Watch events only ever take entries out (``forget_namespace``), never put a possibly late one in.
+        """
+        cached = self._namespace_uids.get(name)
+        if cached and created_at is not None and cached[1] > created_at + NAMESPACE_UID_MARGIN:
+            return cached[0]
+        namespace = self.read_namespace(name)
+        if namespace is None:
+            raise NamespaceUnavailable(f"namespace {name} does not exist")
+        uid = namespace["metadata"]["uid"]
+        self._namespace_uids[name] = (uid, datetime.datetime.now(datetime.UTC))
+        return uid
+
+    def forget_namespace(self, name: str, uid: str | None = None) -> None:
+        """Drop the cached uid of ``name`` (when it differs from ``uid``, if given): the namespace went, or
+        is another incarnation than the one cached."""
+        cached = self._namespace_uids.get(name)
+        if cached and (uid is None or cached[0] != uid):
+            del self._namespace_uids[name]

@@ -18,6 +18,8 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "servicekey-operator"
 NAME_LABEL = "servicekey.io/name"
 SOURCE_NAMESPACE_LABEL = "servicekey.io/source-namespace"
+# The uid of the ServiceKey a copy in another namespace belongs to (copies cannot have owner references).
+OWNER_UID_LABEL = "servicekey.io/owner-uid"
 KEY_VERSION_ANNOTATION = "servicekey.io/key-version"
 
 
@@ -48,7 +50,7 @@ def configmap_data(history: KeyHistory, retain_previous: int) -> dict[str, str]:
 def desired_configmap(desired: DesiredKey, history: KeyHistory, namespace: str | None = None) -> dict[str, Any]:
     """The whole ConfigMap body for ``namespace`` (the ServiceKey's own unless a copy elsewhere)."""
     target_namespace = namespace or desired.namespace
-    labels = {MANAGED_BY_LABEL: MANAGED_BY, NAME_LABEL: desired.name}
+    labels = {MANAGED_BY_LABEL: MANAGED_BY, NAME_LABEL: desired.name, OWNER_UID_LABEL: desired.uid}
     metadata: dict[str, Any] = {
         "name": desired.configmap_name, "namespace": target_namespace, "labels": labels,
         "annotations": {KEY_VERSION_ANNOTATION: str(history.current.version if history.current else 0)},
@@ -66,11 +68,35 @@ def desired_configmap(desired: DesiredKey, history: KeyHistory, namespace: str |
 
 
 def is_ours(configmap: Mapping[str, Any], desired: DesiredKey) -> bool:
-    """True when an existing ConfigMap was written by this operator for this ServiceKey."""
-    labels = (configmap.get("metadata") or {}).get("labels") or {}
-    same_source = labels.get(SOURCE_NAMESPACE_LABEL, desired.namespace) == desired.namespace
-    return (labels.get(MANAGED_BY_LABEL) == MANAGED_BY and labels.get(NAME_LABEL) == desired.name
-            and same_source)
+    """True when an existing ConfigMap is this ServiceKey's to overwrite or delete; what is not proven is not.
+
+    In another namespace (a copy): our labels naming this ServiceKey's namespace, name and uid. A missing label
+    proves nothing: the target namespace's own ConfigMap of the same name is never a copy. In the ServiceKey's
+    own namespace, which only its own tenant (and the operator, for this namespace's keys) can write to: our
+    labels naming this ServiceKey and no source namespace, and no controller but a ServiceKey of this name (this
+    one, or a deleted predecessor whose ConfigMap the garbage collector is about to remove).
+    """
+    metadata = configmap.get("metadata") or {}
+    labels = metadata.get("labels") or {}
+    if labels.get(MANAGED_BY_LABEL) != MANAGED_BY or labels.get(NAME_LABEL) != desired.name:
+        return False
+    if metadata.get("namespace", desired.namespace) != desired.namespace:
+        return (labels.get(SOURCE_NAMESPACE_LABEL) == desired.namespace
+                and labels.get(OWNER_UID_LABEL) == desired.uid)
+    controller = next((ref for ref in metadata.get("ownerReferences") or [] if ref.get("controller")), None)
+    return SOURCE_NAMESPACE_LABEL not in labels and (
+        controller is None or (controller.get("kind") == KIND and controller.get("name") == desired.name
+                               and controller.get("apiVersion", "").split("/")[0] == API_GROUP))
+
+
+def copy_source(configmap: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The ServiceKey (namespace, name) a ConfigMap says it is a copy of, or None when it is no copy of ours."""
+    metadata = configmap.get("metadata") or {}
+    labels = metadata.get("labels") or {}
+    source = labels.get(SOURCE_NAMESPACE_LABEL)
+    if labels.get(MANAGED_BY_LABEL) != MANAGED_BY or not source or source == metadata.get("namespace"):
+        return None
+    return source, labels.get(NAME_LABEL, "")
 
 
 def needs_update(existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
@@ -137,25 +163,59 @@ def accepts_from(namespace: Mapping[str, Any], source_namespace: str) -> bool:
 
 
 def plan_copies(desired: DesiredKey, namespaces: list[Mapping[str, Any]]) -> CopyPlan:
-    """Which namespaces get a copy: the listed ones and the selected ones, if they exist and opted in."""
+    """Which namespaces get a copy: the listed ones and the selected ones, if they exist and opted in.
+
+    What the plan reports (and so what status and Events show the ServiceKey's author) names only namespaces
+    the author listed, or that accepted this namespace: a selected namespace that did not opt in is passed
+    over in silence, and a listed one that did not is ``NotAccepted`` whether it exists, is being deleted or
+    not, so that a tenant learns nothing about namespaces that did not let it in.
+    """
     by_name = {ns["metadata"]["name"]: ns for ns in namespaces}
-    wanted = set(desired.target_namespaces)
+    listed = set(desired.target_namespaces)
+    selected = set()
     if desired.namespace_selector is not None:
-        wanted |= {name for name, ns in by_name.items()
-                   if selector_matches(desired.namespace_selector, (ns["metadata"].get("labels") or {}))}
-    wanted.discard(desired.namespace)
+        selected = {name for name, ns in by_name.items()
+                    if selector_matches(desired.namespace_selector, (ns["metadata"].get("labels") or {}))}
     targets, refused = [], []
-    for name in sorted(wanted):
+    for name in sorted((listed | selected) - {desired.namespace}):
         namespace = by_name.get(name)
-        if namespace is None:
-            refused.append(Refusal(name, "NamespaceNotFound"))
+        if namespace is None or not accepts_from(namespace, desired.namespace):
+            if name in listed:
+                refused.append(Refusal(name, "NotAccepted"))
         elif (namespace.get("status") or {}).get("phase") == "Terminating":
             refused.append(Refusal(name, "NamespaceTerminating"))
-        elif not accepts_from(namespace, desired.namespace):
-            refused.append(Refusal(name, "NotAccepted"))
         else:
             targets.append(name)
     return CopyPlan(tuple(targets), tuple(refused))
+
+
+def selector_string(selector: Mapping[str, Any]) -> str:
+    """A LabelSelector as the API's ``labelSelector`` query string (``{}`` → ``""``: everything).
+
+    The requirements are the CRD's, which admits only valid keys and values.
+    """
+    parts = [f"{key}={value}" for key, value in sorted((selector.get("matchLabels") or {}).items())]
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression["key"], expression["operator"], expression.get("values") or []
+        if operator in ("In", "NotIn"):
+            parts.append(f"{key} {operator.lower()} ({','.join(values)})")
+        else:
+            parts.append(key if operator == "Exists" else f"!{key}")
+    return ",".join(parts)
+
+
+def namespace_concerns(public_key: Mapping[str, Any], source_namespace: str, namespace: str,
+                       labels_before: Mapping[str, str] | None, labels_after: Mapping[str, str] | None) -> bool:
+    """Whether a change of ``namespace`` (its labels from ``labels_before`` to ``labels_after``; None: it did
+    not exist) can change where a ServiceKey with this ``spec.publicKey`` publishes: it lists the namespace,
+    or its selector matches the namespace before or after."""
+    if namespace == source_namespace:
+        return False
+    if namespace in (public_key.get("namespaces") or ()):
+        return True
+    selector = public_key.get("namespaceSelector")
+    return selector is not None and any(labels is not None and selector_matches(selector, labels)
+                                        for labels in (labels_before, labels_after))
 
 
 SOURCES_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY},!{SOURCE_NAMESPACE_LABEL}"
@@ -165,4 +225,4 @@ SOURCES_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY},!{SOURCE_NAMESPACE_LABEL}"
 def copies_selector(desired: DesiredKey) -> str:
     """The label selector that finds every copy of this ServiceKey's ConfigMap in other namespaces."""
     return (f"{MANAGED_BY_LABEL}={MANAGED_BY},{NAME_LABEL}={desired.name},"
-            f"{SOURCE_NAMESPACE_LABEL}={desired.namespace}")
+            f"{SOURCE_NAMESPACE_LABEL}={desired.namespace},{OWNER_UID_LABEL}={desired.uid}")

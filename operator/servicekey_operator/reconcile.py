@@ -7,6 +7,7 @@ the same pass again: Vault writes are check-and-set, and the ConfigMap is derive
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import enum
 import json
@@ -21,9 +22,18 @@ from servicekey_operator.faults import crash_point
 from servicekey_operator.keys import KeyPair
 from servicekey_operator.kubeapi import KubeGateway, NamespaceUnavailable
 from servicekey_operator.spec import DesiredKey
-from servicekey_operator.vault.kv import KV_MAX_VERSIONS, KvKeyStore
-from servicekey_operator.vault.records import KeyHistory, StoredKey, TransitRef
-from servicekey_operator.vault.transit import TransitKeys, transit_key_name
+from servicekey_operator.vault.kv import KvKeyStore
+from servicekey_operator.vault.ownership import Owner
+from servicekey_operator.vault.records import (
+    ADOPTED_NAMESPACE_UID_METADATA_KEY,
+    KeyHistory,
+    StoredKey,
+    TransitClaim,
+    TransitRef,
+    adoption,
+    record_metadata,
+)
+from servicekey_operator.vault.transit import TransitKeys, transit_key_name, transit_key_type, transit_name
 
 Keygen = Callable[[str, int | None], Awaitable[KeyPair]]
 _CAS_ATTEMPTS = 3
@@ -119,7 +129,7 @@ def decide_key(desired: DesiredKey, history: KeyHistory, published_kids: frozens
                 return KeyDecision(KeyAction.PROMOTE, pending.rotation_reason or "Scheduled")
             return KeyDecision(KeyAction.KEEP, "Rotating")
         # The spec changed under a staged key: it was never used, stage the right one instead.
-        history = KeyHistory(history.owner, history.current_version, current, history.previous)
+        history = dataclasses.replace(history, pending=None)
     reason = _trigger(desired, history, now)
     if reason is None:
         return KeyDecision(KeyAction.KEEP, "UpToDate")
@@ -167,10 +177,10 @@ class Outcome:
         return self.history.current
 
 
-def _with_new_current(history: KeyHistory, written: StoredKey) -> KeyHistory:
+def _with_new_current(history: KeyHistory, owner: Owner, written: StoredKey) -> KeyHistory:
     previous = (history.current, *history.previous) if history.current else history.previous
-    return KeyHistory(owner=history.owner, current_version=written.version, current=written,
-                      previous=previous)
+    return dataclasses.replace(history, owner=owner.ref, current_version=written.version, current=written,
+                               previous=previous, pending=None)
 
 
 def _keypair_of(key: StoredKey) -> KeyPair:
@@ -189,9 +199,10 @@ class Reconciler:
         self.keygen = keygen
         self.logger = logger or logging.getLogger(__name__)
 
-    async def reconcile(self, desired: DesiredKey, now: datetime.datetime, *, published_kid: str | None = None,
-                        expect_copies: bool = False, previous_configmap: str | None = None) -> Outcome:
-        """Bring Vault and the ConfigMaps in line with ``desired``; return what was done.
+    async def reconcile(self, desired: DesiredKey, owner: Owner, now: datetime.datetime, *,
+                        published_kid: str | None = None, expect_copies: bool = False,
+                        previous_configmap: str | None = None) -> Outcome:
+        """Bring Vault and the ConfigMaps in line with ``desired``, on behalf of ``owner``; return what was done.
 
         ``published_kid`` is the key id the status last reported (it words the events);
         ``expect_copies`` says the status lists copies in other namespaces, which must be cleaned up even
@@ -201,8 +212,9 @@ class Reconciler:
         existing = await asyncio.to_thread(self.kube.read_configmap, desired.namespace, desired.configmap_name)
         if existing is not None and not publish.is_ours(existing, desired):
             raise ConfigMapConflict(f"ConfigMap {desired.namespace}/{desired.configmap_name} exists and is "
-                                    "not managed by this ServiceKey; it is left untouched")
-        outcome = await self._ensure_key(desired, now, published_kid, published_kids(existing))
+                                    "not managed by this ServiceKey; it is left untouched",
+                                    publish.copy_source(existing))
+        outcome = await self._ensure_key(desired, owner, now, published_kid, published_kids(existing))
         outcome.configmap_written, outcome.configmap_version = await asyncio.to_thread(
             self._publish, desired, outcome.history, existing)
         if outcome.configmap_written and outcome.decision.reason != "Created":  # "Generated" says it already
@@ -220,12 +232,15 @@ class Reconciler:
     def _publish_copies(self, desired: DesiredKey, history: KeyHistory) -> tuple[tuple[str, ...],
                                                                                   tuple[publish.Refusal, ...]]:
         """Keep the copies in opted-in namespaces equal to the source; remove those no longer wanted."""
-        plan = publish.plan_copies(desired, self.kube.list_namespaces())
+        plan = publish.plan_copies(desired, self._candidate_namespaces(desired))
         published, refused = [], list(plan.refused)
         for namespace in plan.targets:
             wanted = publish.desired_configmap(desired, history, namespace)
             existing = self.kube.read_configmap(namespace, desired.configmap_name)
-            if existing is not None and not publish.is_ours(existing, desired):
+            # Not even while a target's own ServiceKey has no ConfigMap yet (or lost it): a copy never takes the
+            # name under which that namespace's verifiers expect its own key.
+            if (existing is not None and not publish.is_ours(existing, desired)) \
+                    or desired.configmap_name in self.kube.configmap_names_of_servicekeys(namespace):
                 refused.append(publish.Refusal(namespace, "ConfigMapConflict"))
                 continue
             try:
@@ -233,12 +248,26 @@ class Reconciler:
                     self.kube.create_configmap(wanted)
                 elif publish.needs_update(existing, wanted):
                     self.kube.replace_configmap(wanted, existing["metadata"]["resourceVersion"])
-            except NamespaceUnavailable:  # deleted or terminating since we listed it
+            except NamespaceUnavailable:  # deleted or terminating since we looked
                 refused.append(publish.Refusal(namespace, "NamespaceTerminating"))
                 continue
             published.append(namespace)
         self._remove_copies(desired, keep=set(published))
         return tuple(published), tuple(sorted(refused, key=lambda refusal: refusal.namespace))
+
+    def _candidate_namespaces(self, desired: DesiredKey) -> list[dict[str, Any]]:
+        """The namespaces the spec names or selects, read from the API server (selected ones by a
+        server-side label selector, so a key's pass never costs a listing of every namespace)."""
+        found: dict[str, dict[str, Any]] = {}
+        if desired.namespace_selector is not None:
+            for namespace in self.kube.list_namespaces(publish.selector_string(desired.namespace_selector)):
+                found[namespace["metadata"]["name"]] = namespace
+        for name in desired.target_namespaces:
+            if name not in found and name != desired.namespace:
+                namespace = self.kube.read_namespace(name)
+                if namespace is not None:
+                    found[name] = namespace
+        return list(found.values())
 
     def _remove_former_configmap(self, desired: DesiredKey, name: str) -> None:
         former = self.kube.read_configmap(desired.namespace, name)
@@ -249,33 +278,42 @@ class Reconciler:
         for copy in self.kube.list_configmaps(publish.copies_selector(desired)):
             metadata = copy["metadata"]
             # A copy under a former configMapName goes too, even in a namespace that is kept.
-            if metadata["namespace"] not in keep or metadata["name"] != desired.configmap_name:
+            if (metadata["namespace"] not in keep or metadata["name"] != desired.configmap_name) \
+                    and publish.is_ours(copy, desired):
                 self.kube.delete_configmap(metadata["namespace"], metadata["name"], metadata["resourceVersion"])
 
-    async def _ensure_key(self, desired: DesiredKey, now: datetime.datetime, published_kid: str | None,
-                          kids_in_configmap: frozenset[str]) -> Outcome:
+    async def _ensure_key(self, desired: DesiredKey, owner: Owner, now: datetime.datetime,
+                          published_kid: str | None, kids_in_configmap: frozenset[str]) -> Outcome:
         for _attempt in range(_CAS_ATTEMPTS):
-            history = await asyncio.to_thread(self.store.read, desired.record_mount, desired.vault_path,
-                                              desired.owner_id, desired.rotation.retain_previous,
+            history = await asyncio.to_thread(self.store.read, desired.record_mount, desired.vault_path, owner,
+                                              desired.rotation.retain_previous,
                                               # Always: a key staged before a crash must be found even
                                               # if publishAhead was switched off since.
-                                              with_pending=True)
+                                              with_pending=True, adopt_namespace_uid=desired.adopt_namespace_uid)
             decision = decide_key(desired, history, kids_in_configmap, now)
             try:
-                outcome = await self._carry_out(desired, history, decision, now, published_kid)
-                if history.owner == desired.owner_id and history.deletion_policy not in (None, desired.deletion_policy):
-                    # Paths claimed before the policy was recorded stay as they are: rewriting them all would
-                    # make the first restart after an upgrade write to Vault for every key.
-                    await asyncio.to_thread(self.store.claim, desired.record_mount, desired.vault_path,
-                                            desired.owner_id, desired.deletion_policy)
-                return outcome
+                outcome = await self._carry_out(desired, owner, history, decision, now, published_kid)
             except VaultWriteConflict:
-                # Someone else (another replica, or our own earlier pass) moved the secret on:
-                # their write answers the same request, so look again instead of writing twice.
+                # Someone else (another replica, our own earlier pass, or another ServiceKey racing for the
+                # path) moved the secret on: look again, instead of writing twice, and let the owner it
+                # names decide.
                 self.logger.info(f"check-and-set lost a race at {desired.vault_path}; re-reading")
+                continue
+            await asyncio.to_thread(self._mirror_metadata, desired, owner, outcome.history)
+            return outcome
         raise VaultWriteConflict(f"{desired.vault_path}: check-and-set kept failing; will retry")
 
-    async def _carry_out(self, desired: DesiredKey, history: KeyHistory, decision: KeyDecision,
+    def _mirror_metadata(self, desired: DesiredKey, owner: Owner, history: KeyHistory) -> None:
+        """Write the secret's custom_metadata if it does not say what the record proves (a new key, a
+        re-created or adopting ServiceKey, a changed deletionPolicy); a healthy key writes nothing."""
+        if history.owner != owner.ref:
+            return
+        wanted = record_metadata(owner, desired.deletion_policy, history.transit_claims,
+                                 adoption(history, owner.namespace_uid))
+        if wanted != dict(history.metadata):
+            self.store.write_metadata(desired.record_mount, desired.vault_path, wanted)
+
+    async def _carry_out(self, desired: DesiredKey, owner: Owner, history: KeyHistory, decision: KeyDecision,
                          now: datetime.datetime, published_kid: str | None) -> Outcome:
         mount, path = desired.record_mount, desired.vault_path
         if decision.action is KeyAction.KEEP:
@@ -286,30 +324,31 @@ class Reconciler:
             return Outcome(history, decision, events=events)
         if decision.action is KeyAction.CLEAR_PENDING:
             await asyncio.to_thread(self.store.delete_pending, mount, path)
-            return Outcome(KeyHistory(history.owner, history.current_version, history.current, history.previous),
-                           decision)
+            return Outcome(dataclasses.replace(history, pending=None), decision)
         if decision.action is KeyAction.RESCHEDULE:
             assert history.pending is not None
             pending = history.pending
             activate_at = now + datetime.timedelta(seconds=desired.rotation.publish_ahead_seconds)
             rescheduled = await asyncio.to_thread(
-                self.store.write_pending, mount, path, _keypair_of(pending), service_name=pending.service_name,
-                rotate_annotation=pending.rotate_annotation, rotation_reason=pending.rotation_reason,
-                created_at=pending.created_at, activate_at=activate_at, owner=desired.owner_id,
+                self.store.write_pending, mount, path, _keypair_of(pending), owner=owner,
+                service_name=pending.service_name, rotate_annotation=pending.rotate_annotation,
+                rotation_reason=pending.rotation_reason, created_at=pending.created_at, activate_at=activate_at,
                 expected_revision=pending.pending_revision)
             self.logger.info(f"pending key {pending.kid} was not yet published; signing from {activate_at.isoformat()}")
-            return Outcome(KeyHistory(history.owner, history.current_version, history.current, history.previous,
-                                      rescheduled), decision)
+            return Outcome(dataclasses.replace(history, pending=rescheduled), decision)
         if decision.action is KeyAction.PROMOTE:
             assert history.pending is not None
-            written = await asyncio.to_thread(self._write, desired, history, _keypair_of(history.pending),
+            # The key signs from now on: the schedule's next tick is a period from its activation, or from
+            # now if it is promoted late (the operator was down), never from a time it did not sign yet.
+            written = await asyncio.to_thread(self._write, desired, owner, history, _keypair_of(history.pending),
                                               history.pending.rotate_annotation, decision.reason,
-                                              history.pending.activate_at or now)
+                                              max(history.pending.activate_at or now, now))
             await asyncio.to_thread(self.store.delete_pending, mount, path)
-            return self._rotated(history, written, decision)
+            return self._rotated(history, owner, written, decision)
         if desired.engine == "transit":
-            written = await asyncio.to_thread(self._rotate_transit, desired, history, decision.reason, now)
-            return self._rotated(history, written, decision)
+            history, written = await asyncio.to_thread(self._rotate_transit, desired, owner, history,
+                                                       decision.reason, now)
+            return self._rotated(history, owner, written, decision)
         keypair = await self.keygen(desired.algorithm, desired.key_size)
         if history.pending is not None:
             await asyncio.to_thread(self.store.delete_pending, mount, path)
@@ -320,51 +359,52 @@ class Reconciler:
             if decision.reason == "Scheduled":
                 activate_at = max(activate_at, scheduled_time(desired, history.current) or activate_at)
             pending = await asyncio.to_thread(
-                self.store.write_pending, mount, path, keypair, service_name=desired.service_name,
+                self.store.write_pending, mount, path, keypair, owner=owner, service_name=desired.service_name,
                 rotate_annotation=desired.rotate_request, rotation_reason=decision.reason, created_at=now,
-                activate_at=activate_at, owner=desired.owner_id)
+                activate_at=activate_at)
             crash_point("pending-write")
             self.logger.info(f"staged key {pending.kid}, signing from {activate_at.isoformat()} ({decision.reason})")
-            staged = KeyHistory(history.owner, history.current_version, history.current, history.previous, pending)
-            return Outcome(staged, decision, events=[Event(
+            return Outcome(dataclasses.replace(history, pending=pending), decision, events=[Event(
                 "Normal", "Staged", f"staged {pending.kid}: published now, signing from {activate_at.isoformat()}")])
-        written = await asyncio.to_thread(self._write, desired, history, keypair, desired.rotate_request,
+        written = await asyncio.to_thread(self._write, desired, owner, history, keypair, desired.rotate_request,
                                           decision.reason, now)
-        return self._rotated(history, written, decision)
+        return self._rotated(history, owner, written, decision)
 
-    def _rotated(self, history: KeyHistory, written: StoredKey, decision: KeyDecision) -> Outcome:
+    def _rotated(self, history: KeyHistory, owner: Owner, written: StoredKey, decision: KeyDecision) -> Outcome:
         self.logger.info(f"wrote key {written.kid} as version {written.version} ({decision.reason})")
         old_kid = history.current.kid if history.current else None
         if old_kid:
             event = Event("Normal", "Rotated", f"rotated ({decision.reason}): {old_kid} -> {written.kid}")
         else:
             event = Event("Normal", "Generated", f"generated {written.algorithm} key {written.kid}")
-        return Outcome(_with_new_current(history, written), decision, events=[event])
+        return Outcome(_with_new_current(history, owner, written), decision, events=[event])
 
-    def _rotate_transit(self, desired: DesiredKey, history: KeyHistory, reason: str,
-                        now: datetime.datetime) -> StoredKey:
+    def _rotate_transit(self, desired: DesiredKey, owner: Owner, history: KeyHistory, reason: str,
+                        now: datetime.datetime) -> tuple[KeyHistory, StoredKey]:
+        """A new version of the ServiceKey's Transit key, recorded; returns the history with the claim."""
         name = transit_key_name(desired.vault_path, desired.algorithm, desired.key_size)
+        claim = TransitClaim(desired.vault_mount, transit_key_type(desired.algorithm, desired.key_size))
+        if claim not in history.transit_claims:
+            # A Transit key this record never claimed was made by someone else, however its name came about.
+            if self.transit.exists(desired.vault_mount, name):
+                raise VaultPathConflict(f"transit key {desired.vault_mount}/{name} exists but was not created for "
+                                        "this ServiceKey; it is left untouched")
+            # The claim comes before the key, so a crash in between still leaves our own key recognisable.
+            claims = history.transit_claims | {claim}
+            metadata = record_metadata(owner, desired.deletion_policy, claims, adoption(history, owner.namespace_uid))
+            self.store.write_metadata(desired.record_mount, desired.vault_path, metadata)
+            history = dataclasses.replace(history, metadata=metadata, transit_claims=claims)
         known = history.current.transit if history.current and history.current.transit else None
         known_version = known.version if known and known.key_name == name else 0
-        # A Transit key with no record claimed by us was made by someone else. The claim comes before
-        # the key is created, so a crash in between still leaves our own key recognisable.
-        if history.owner != desired.owner_id and self.transit.exists(desired.vault_mount, name):
-            raise VaultPathConflict(f"transit key {desired.vault_mount}/{name} exists but was not created by this "
-                                    "operator; it is left untouched")
-        self._claim(desired, history)
         keypair, transit = self.transit.new_version(desired.vault_mount, desired.algorithm, desired.key_size,
                                                     desired.vault_path, known_version,
                                                     desired.rotation.retain_previous)
-        return self._write(desired, history, keypair, desired.rotate_request, reason, now, transit)
+        return history, self._write(desired, owner, history, keypair, desired.rotate_request, reason, now, transit)
 
-    def _claim(self, desired: DesiredKey, history: KeyHistory) -> None:
-        if history.owner != desired.owner_id:
-            self.store.claim(desired.record_mount, desired.vault_path, desired.owner_id, desired.deletion_policy)
-
-    def _write(self, desired: DesiredKey, history: KeyHistory, keypair: KeyPair, rotate_annotation: str | None,
-               reason: str, created_at: datetime.datetime, transit: TransitRef | None = None) -> StoredKey:
-        self._claim(desired, history)
-        written = self.store.write(desired.record_mount, desired.vault_path, keypair,
+    def _write(self, desired: DesiredKey, owner: Owner, history: KeyHistory, keypair: KeyPair,
+               rotate_annotation: str | None, reason: str, created_at: datetime.datetime,
+               transit: TransitRef | None = None) -> StoredKey:
+        written = self.store.write(desired.record_mount, desired.vault_path, keypair, owner=owner,
                                    service_name=desired.service_name, rotate_annotation=rotate_annotation,
                                    rotation_reason=reason, created_at=created_at,
                                    expected_version=history.current_version, transit=transit)
@@ -384,21 +424,32 @@ class Reconciler:
         crash_point("configmap-write")
         return True, version
 
-    async def finalize(self, desired: DesiredKey) -> list[Event]:
+    async def finalize(self, desired: DesiredKey, owner: Owner) -> list[Event]:
         """Clean up on deletion: copies in other namespaces (no cross-namespace owner references exist),
-        then the Vault secret (and Transit keys) per deletionPolicy (the source ConfigMap goes by owner
-        reference)."""
+        then, with deletionPolicy Delete, what the Vault records prove to be this ServiceKey's own: its
+        Transit keys, its pending key and its secret (the source ConfigMap goes by owner reference)."""
         await asyncio.to_thread(self._remove_copies, desired, set())
         if desired.deletion_policy != "Delete":
             return []
-        location = f"{desired.record_mount}/{desired.vault_path}"
+        return await asyncio.to_thread(self._delete_from_vault, desired, owner)
+
+    def _delete_from_vault(self, desired: DesiredKey, owner: Owner) -> list[Event]:
+        mount, path = desired.record_mount, desired.vault_path
         try:
-            history = await asyncio.to_thread(self.store.read, desired.record_mount, desired.vault_path,
-                                              desired.owner_id, KV_MAX_VERSIONS, with_pending=False)
-        except VaultPathConflict:
-            return [Event("Warning", "DeleteSkipped", f"{location} is not ours; left in Vault")]
-        keys = [history.current, *history.previous] if history.current else []
-        for transit_key in sorted({key.transit.key_name for key in keys if key.transit}):
-            await asyncio.to_thread(self.transit.delete, desired.vault_mount, transit_key)
-        await asyncio.to_thread(self.store.delete, desired.record_mount, desired.vault_path)
-        return [Event("Normal", "Deleted", f"deleted {location} from Vault")]
+            history = self.store.read(mount, path, owner, desired.rotation.retain_previous, with_pending=False,
+                                      adopt_namespace_uid=desired.adopt_namespace_uid)
+        except VaultPathConflict as foreign:
+            return [Event("Warning", "DeleteSkipped", f"{foreign}; nothing deleted from Vault")]
+        events = []
+        for claim in sorted(history.transit_claims):
+            self.transit.delete(claim.mount, transit_name(path, claim.key_type))
+        adopted = {desired.adopt_namespace_uid, history.metadata.get(ADOPTED_NAMESPACE_UID_METADATA_KEY)}
+        try:
+            if self.store.read_pending(mount, path, owner, adopted) is not None:
+                self.store.delete_pending(mount, path)
+        except VaultPathConflict as foreign:
+            events.append(Event("Warning", "DeleteSkipped", f"{foreign}; not deleted"))
+        if history.owner == owner.ref:
+            self.store.delete(mount, path)
+            events.append(Event("Normal", "Deleted", f"deleted {mount}/{path} from Vault"))
+        return events

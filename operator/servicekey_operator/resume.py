@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from servicekey_operator.spec import DesiredKey
-from servicekey_operator.status import ready_condition, rotate_request_digest, vault_location
+from servicekey_operator.status import ready_condition, vault_location
 from servicekey_operator.vault.records import parse_time
 
 
@@ -33,8 +33,7 @@ def is_settled(desired: DesiredKey, status: Mapping[str, Any], generation: int |
             and status.get("observedGeneration") == generation == ready.get("observedGeneration")
             and ready.get("status") == "True" and ready.get("reason") == "KeyReady"
             and bool(status.get("keyId"))
-            and (desired.rotate_request is None
-                 or rotate_request_digest(desired.rotate_request) == status.get("observedRotateRequest"))
+            and (desired.rotate_request is None or desired.rotate_request == status.get("observedRotateRequest"))
             and status.get("configMapName") == desired.configmap_name
             and status.get("vaultPath") == vault_location(desired)  # the operator's mount or prefix may have moved
             and configmap_version is not None and status.get("configMapResourceVersion") == configmap_version

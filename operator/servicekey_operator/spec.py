@@ -6,6 +6,7 @@ depend on the operator's configuration and raises InvalidSpec for what the schem
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,13 +15,27 @@ from typing import Any
 from servicekey_operator.config import OperatorConfig
 from servicekey_operator.errors import InvalidSpec
 from servicekey_operator.keys import KeySpecError, effective_key_size
+from servicekey_operator.vault.ownership import ADOPT_NAMESPACE_UID_ANNOTATION
 
 ROTATE_ANNOTATION = "servicekey.io/rotate"
+# A key rotated more often than verifiers refresh what they hold (a mounted ConfigMap: about a minute; a
+# JWKS cache: minutes) is retired before they have it. The CRD enforces the same floor at admission.
+MIN_ROTATION_PERIOD_SECONDS = 60.0
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 # Vault's built-in mounts: cubbyhole would silently accept (and keep, per token) whatever is written.
 RESERVED_MOUNTS = frozenset({"cubbyhole", "sys", "identity", "auth"})
 _PATH_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def rotate_request_digest(request: str | None) -> str | None:
+    """How a rotate request is kept in memory, in Vault and in status: its SHA-256 (the annotation may be
+    256 KiB). Idempotent: a value that already is such a digest is returned as it is, and so is an empty one
+    (which asks for nothing)."""
+    if not request or _DIGEST.match(request):
+        return request
+    return "sha256:" + hashlib.sha256(request.encode()).hexdigest()
 
 
 def parse_duration_seconds(text: str) -> float:
@@ -34,6 +49,16 @@ def parse_duration_seconds(text: str) -> float:
     if not text or position != len(text):
         raise InvalidSpec(f"{text!r} is not a duration like 90s, 15m or 720h")
     return total
+
+
+def _vault_mount(mount: str) -> str:
+    # One mount name: with a '/' in it, mount and path together could reach below another namespace's folder
+    # (mount "secret/servicekeys/other" + path "servicekeys/mine/x").
+    if not _PATH_SEGMENT.match(mount) or mount in (".", ".."):
+        raise InvalidSpec(f"vault.mount {mount!r} must be one mount name: letters, digits, '.', '_', '-' and no '/'")
+    if mount in RESERVED_MOUNTS:
+        raise InvalidSpec(f"vault.mount {mount!r} is one of Vault's own mounts, not a KV v2 or Transit engine")
+    return mount
 
 
 def _vault_path(path: str, field: str) -> str:
@@ -70,14 +95,12 @@ class DesiredKey:
     configmap_name: str
     rotation: RotationPolicy
     deletion_policy: str
+    # The digest of the servicekey.io/rotate annotation (``rotate_request_digest``).
     rotate_request: str | None
     target_namespaces: tuple[str, ...]
     namespace_selector: Mapping[str, Any] | None
-
-    @property
-    def owner_id(self) -> str:
-        """How Vault metadata names the ServiceKey that owns a secret."""
-        return f"{self.namespace}/{self.name}"
+    # The earlier namespace (of the same name) whose Vault records this ServiceKey may adopt.
+    adopt_namespace_uid: str | None = None
 
 
 def desired_key(namespace: str, name: str, uid: str, spec: Mapping[str, Any],
@@ -91,8 +114,9 @@ def desired_key(namespace: str, name: str, uid: str, spec: Mapping[str, Any],
     rotation = spec.get("rotation") or {}
     period = rotation.get("period")
     period_seconds = parse_duration_seconds(period) if period else None
-    if period_seconds is not None and period_seconds < 1:
-        raise InvalidSpec(f"rotation.period {period!r} is shorter than 1s")
+    if period_seconds is not None and period_seconds < MIN_ROTATION_PERIOD_SECONDS:
+        raise InvalidSpec(f"rotation.period {period!r} is shorter than 1m: verifiers would not have a key "
+                          "before it is retired")
     publish_ahead_seconds = parse_duration_seconds(rotation.get("publishAhead", "0s"))
     if period_seconds is not None and publish_ahead_seconds >= period_seconds:
         raise InvalidSpec("rotation.publishAhead must be shorter than rotation.period")
@@ -102,7 +126,7 @@ def desired_key(namespace: str, name: str, uid: str, spec: Mapping[str, Any],
     vault = spec.get("vault") or {}
     engine = vault.get("engine", "kv")
     default_mount = config.kv_mount if engine == "kv" else config.transit_mount
-    mount = _vault_path(vault.get("mount") or default_mount, "vault.mount")
+    mount = _vault_mount(vault["mount"]) if vault.get("mount") else default_mount
     path = _vault_path(vault.get("path") or f"{config.path_prefix}/{namespace}/{name}", "vault.path")
     if engine == "transit" and publish_ahead_seconds > 0:
         raise InvalidSpec("rotation.publishAhead is not supported with vault.engine transit: Transit signs with "
@@ -114,8 +138,6 @@ def desired_key(namespace: str, name: str, uid: str, spec: Mapping[str, Any],
         raise InvalidSpec(f"vault.path {path!r} is outside the operator's prefix {config.path_prefix!r}/")
     if not path.startswith(own_folder):
         raise InvalidSpec(f"vault.path {path!r} must be below {own_folder!r}, this namespace's folder")
-    if mount in RESERVED_MOUNTS:
-        raise InvalidSpec(f"vault.mount {mount!r} is one of Vault's own mounts, not a KV v2 or Transit engine")
     public_key = spec.get("publicKey") or {}
     return DesiredKey(
         namespace=namespace, name=name, uid=uid,
@@ -127,7 +149,8 @@ def desired_key(namespace: str, name: str, uid: str, spec: Mapping[str, Any],
         configmap_name=public_key.get("configMapName") or f"{name}-public",
         rotation=RotationPolicy(period_seconds, retain_previous, publish_ahead_seconds),
         deletion_policy=spec.get("deletionPolicy", "Retain"),
-        rotate_request=annotations.get(ROTATE_ANNOTATION) or None,
+        rotate_request=rotate_request_digest(annotations.get(ROTATE_ANNOTATION) or None),
         target_namespaces=tuple(public_key.get("namespaces") or ()),
         namespace_selector=public_key.get("namespaceSelector"),
+        adopt_namespace_uid=annotations.get(ADOPT_NAMESPACE_UID_ANNOTATION) or None,
     )

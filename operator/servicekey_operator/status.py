@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,11 +15,6 @@ from servicekey_operator.vault.transit import transit_key_name
 def rfc3339(moment: datetime.datetime) -> str:
     """UTC time in the form Kubernetes uses (seconds precision, Z suffix)."""
     return moment.astimezone(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def rotate_request_digest(request: str | None) -> str | None:
-    """How the status records a rotate request: its SHA-256 (the annotation may be up to 256 KiB)."""
-    return None if request is None else "sha256:" + hashlib.sha256(request.encode()).hexdigest()
 
 
 def vault_location(desired: DesiredKey) -> str:
@@ -74,7 +68,7 @@ def ready_status(desired: DesiredKey, history: KeyHistory, next_rotation: dateti
         "nextRotationTime": rfc3339(next_rotation) if next_rotation else None,
         "configMapName": desired.configmap_name,
         "configMapResourceVersion": configmap_version,
-        "observedRotateRequest": rotate_request_digest(current.rotate_annotation),
+        "observedRotateRequest": current.rotate_annotation,
         "vaultPath": vault_location(desired),
         "pendingKeyId": pending.kid if pending else None,
         "publishedNamespaces": list(published_namespaces) or None,

@@ -10,6 +10,7 @@ and SERVICEKEY_CHAOS_SEED=<n> replays a failed round (the seed is printed and in
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import random
 import time
@@ -25,7 +26,8 @@ from servicekey_operator import invariants
 from servicekey_operator.devcluster.environment import DevEnvironment
 from servicekey_operator.devcluster.openbao import OpenBaoServer
 from servicekey_operator.devcluster.operator_process import OperatorProcess
-from tests.support import ServiceKeys, ready_condition, wait_for
+from servicekey_operator.spec import rotate_request_digest
+from tests.support import MakeNamespace, ServiceKeys, ready_condition, wait_for
 
 pytestmark = pytest.mark.integration
 SEED = int(os.environ.get("SERVICEKEY_CHAOS_SEED") or random.SystemRandom().randrange(1 << 30))
@@ -39,8 +41,13 @@ TRANSIENT = (ApiException, urllib3.exceptions.HTTPError, OSError)
 class Workload:
     """The seeded sequence of user actions, and a ledger of every rotation request made."""
 
-    def __init__(self, servicekeys: ServiceKeys, rng: random.Random) -> None:
+    def __init__(self, servicekeys: ServiceKeys, rng: random.Random, vault: OpenBaoServer,
+                 intruder: ServiceKeys) -> None:
         self.servicekeys = servicekeys
+        self.vault = vault
+        # A hostile tenant that the chaos namespace accepts copies from: it names its keys like ours.
+        self.intruder = intruder
+        self.intrusions: set[str] = set()
         self.rng = rng
         self.live: dict[str, str] = {}          # name -> algorithm currently asked for
         self.requested: Counter[str] = Counter()  # name -> rotation requests (annotation values)
@@ -57,8 +64,10 @@ class Workload:
                 self._create()
             elif choice < 0.6 and self.live:
                 self._rotate()
-            elif choice < 0.8 and self.live:
+            elif choice < 0.75 and self.live:
                 self._change_algorithm()
+            elif choice < 0.8 and self.live:
+                self._intrude()
             elif self.live and len(self.live) > 5:
                 self._delete()
 
@@ -69,7 +78,10 @@ class Workload:
         spec = {"algorithm": algorithm, "deletionPolicy": self.rng.choice(["Retain", "Delete"]),
                 "rotation": {"retainPrevious": self.rng.randint(0, 3)}}
         if self.rng.random() < 0.2:
-            spec["rotation"]["period"] = f"{self.rng.randint(8, 15)}s"
+            # rotation.period is at least a minute: a key seeded that old ticks within the workload.
+            spec["rotation"]["period"] = "1m"
+            self.servicekeys.seed_key(name, algorithm, datetime.timedelta(seconds=self.rng.uniform(45, 58)),
+                                      vault=self.vault)
         self.servicekeys.create(name, spec)
         self.live[name] = algorithm
         self.deletion_policy[name] = spec["deletionPolicy"]
@@ -89,6 +101,14 @@ class Workload:
         self.live[name] = algorithm
         self.operations["spec-change"] += 1
 
+    def _intrude(self) -> None:
+        name = self.rng.choice(sorted(set(self.live) - self.intrusions) or sorted(self.live))
+        if name in self.intrusions:
+            return
+        self.intruder.create(name, {"algorithm": "ES256", "publicKey": {"namespaces": [self.servicekeys.namespace]}})
+        self.intrusions.add(name)
+        self.operations["intrude"] += 1
+
     def _delete(self) -> None:
         name = self.rng.choice(sorted(self.live))
         self.servicekeys.delete(name)
@@ -107,12 +127,15 @@ def _record_versions(vault: OpenBaoServer, namespace: str, name: str) -> list[di
 
 def test_everything_converges_and_holds_the_invariants_after_chaos(
         dev_env: DevEnvironment, persistent_vault: OpenBaoServer, start_operator: Callable[..., OperatorProcess],
-        servicekeys: ServiceKeys, kube_client):
+        servicekeys: ServiceKeys, kube_client, make_namespace: MakeNamespace):
     rng = random.Random(SEED)
     print(f"chaos seed {SEED}: {KEYS} keys, {SECONDS:.0f}s of workload")
     env = {"VAULT_ADDR": persistent_vault.addr, "VAULT_TOKEN": persistent_vault.root_token}
     operator = start_operator(**env)
-    workload = Workload(servicekeys, rng)
+    intruder = ServiceKeys(kube_client, make_namespace(), dev_env)
+    servicekeys.core.patch_namespace(servicekeys.namespace, {"metadata": {"annotations": {
+        "servicekey.io/accept-from": intruder.namespace}}})
+    workload = Workload(servicekeys, rng, persistent_vault, intruder)
     faults: Counter[str] = Counter()
     deadline = time.monotonic() + SECONDS
     next_fault = time.monotonic() + rng.uniform(3, 8)
@@ -173,8 +196,12 @@ def test_everything_converges_and_holds_the_invariants_after_chaos(
         assert len(answered) == len(set(answered)), f"{name}: a rotation request answered twice {context}"
         assert len(answered) <= workload.requested[name], f"{name}: more rotations than requests {context}"
         if workload.requested[name]:
-            assert versions[-1]["rotate_annotation"] == f"r{workload.requested[name]}", \
+            assert versions[-1]["rotate_annotation"] == rotate_request_digest(f"r{workload.requested[name]}"), \
                 f"{name}: the last request is unanswered {context}"
+    # The intruder's copies never replaced a ConfigMap of ours (the checker above would have said so too).
+    for name in workload.intrusions & set(workload.live):
+        labels = servicekeys.configmap(f"{name}-public").metadata.labels
+        assert "servicekey.io/source-namespace" not in labels, f"{name}: an intruder's copy replaced ours {context}"
     metadata = persistent_vault.client().secrets.kv.v2
     for name in (n for n in workload.deleted if workload.deletion_policy[n] == "Delete"):
         with pytest.raises(hvac.exceptions.InvalidPath):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -88,17 +88,19 @@ def test_two_operators_at_once_make_one_key_per_request(start_operator: StartOpe
 def test_scheduled_rotation_survives_an_operator_restart_without_extra_or_missed_keys(
         start_operator: StartOperator, servicekeys: ServiceKeys):
     first_operator = start_operator()
-    servicekeys.create("clock", {"algorithm": "EdDSA", "rotation": {"period": "8s"}})
-    created = servicekeys.wait_ready("clock")["status"]
+    # rotation.period is at least a minute; a key that is 50 s old makes the tick come within seconds.
+    seeded = servicekeys.seed_key("clock", "EdDSA", timedelta(seconds=50))
+    servicekeys.create("clock", {"algorithm": "EdDSA", "rotation": {"period": "1m"}})
+    assert servicekeys.wait_ready("clock")["status"]["keyId"] == seeded
     mount, path = servicekeys.vault_path("clock")
     first_operator.stop()
     time.sleep(2)
 
     start_operator()
-    rotated = servicekeys.wait_new_kid("clock", created["keyId"], timeout=20)["status"]
+    rotated = servicekeys.wait_new_kid("clock", seeded, timeout=20)["status"]
 
     secrets = [servicekeys.vault_secret(mount, path, version) for version in (1, 2)]
     gap = (datetime.fromisoformat(secrets[1]["created_at"]) - datetime.fromisoformat(secrets[0]["created_at"]))
-    assert 8 <= gap.total_seconds() < 12, f"rotation came {gap.total_seconds():.1f}s after the first key"
+    assert 60 <= gap.total_seconds() < 64, f"rotation came {gap.total_seconds():.1f}s after the first key"
     assert rotated["keyVersion"] == 2
     assert servicekeys.vault_versions(mount, path) == 2, "no extra rotation before the next period"

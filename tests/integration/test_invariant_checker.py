@@ -267,3 +267,67 @@ def test_the_check_command_exits_2_when_it_cannot_read_vault(cluster: Cluster):
     assert result.returncode == 2
     assert "could not read" in result.stderr and result.stdout == ""
 
+
+
+# --- Invariant 7: the states of issue #13's failing inputs, made behind the stopped operator ---------------
+
+
+def test_a_copy_that_replaced_the_target_namespaces_own_configmap_is_reported(
+        cluster: Cluster, make_namespace: Callable[..., str]):
+    cluster.operator.stop()
+    source = make_namespace()
+    copy_labels = {"app.kubernetes.io/managed-by": "servicekey-operator", "servicekey.io/name": "es256",
+                   "servicekey.io/source-namespace": source, "servicekey.io/owner-uid": "uid-of-the-source"}
+    # What the bug did: the target's own es256-public overwritten by a copy from another namespace.
+    cluster.servicekeys.core.replace_namespaced_config_map("es256-public", cluster.namespace, {
+        "metadata": {"name": "es256-public", "labels": copy_labels}, "data": cluster.configmap_data("eddsa")})
+
+    found = {(v.invariant, v.check, v.object, v.detail.split(":")[0]) for v in cluster.check()}
+
+    assert (7, invariants.CONFIGMAP_OWNERSHIP, cluster.ref("es256-public"),
+            f"copy of ServiceKey {source}/es256 stands where ServiceKey {cluster.ref('es256')} publishes its own "
+            "key") in found
+    assert (2, invariants.CURRENT_KEY_MISMATCH, cluster.ref("es256-public")) in {f[:3] for f in found}
+
+
+def test_a_ready_key_on_a_record_of_another_namespace_incarnation_is_reported(cluster: Cluster):
+    cluster.operator.stop()
+    mount, path = cluster.servicekeys.vault_path("es256")
+    # What the bug allowed: the key of a deleted namespace of the same name, adopted without an opt-in.
+    latest = cluster.servicekeys.vault_secret(mount, path)
+    cluster.vault.secrets.kv.v2.create_or_update_secret(path=path, mount_point=mount, cas=1, secret=dict(
+        latest, owner_namespace_uid="uid-of-a-deleted-namespace"))
+
+    found = {(v.invariant, v.check, v.object) for v in cluster.check()}
+
+    assert found == {(7, invariants.OWNERSHIP_UNPROVEN, f"{mount}/{path}")}
+
+
+def test_a_ready_key_whose_secret_another_keys_deletion_removed_is_reported(cluster: Cluster):
+    cluster.operator.stop()
+    mount, path = cluster.servicekeys.vault_path("eddsa")
+    cluster.vault.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point=mount)
+
+    found = {(v.invariant, v.check, v.kind, v.object) for v in cluster.check()}
+
+    assert (2, invariants.CURRENT_KEY_MISMATCH, "ServiceKey", cluster.ref("eddsa")) in found
+
+
+def test_one_transit_key_in_the_records_of_two_servicekeys_is_reported(cluster: Cluster):
+    servicekeys = cluster.servicekeys
+    servicekeys.create("transit-a", {"algorithm": "ES256", "vault": {"engine": "transit"}})
+    servicekeys.create("transit-b", {"algorithm": "ES256", "vault": {"engine": "transit"}})
+    servicekeys.wait_ready("transit-a")
+    servicekeys.wait_ready("transit-b")
+    cluster.operator.stop()
+    kv = cluster.vault.secrets.kv.v2
+    a_path, b_path = (f"servicekeys/{cluster.namespace}/{name}" for name in ("transit-a", "transit-b"))
+    # What the bug did: the second record names the first one's Transit key.
+    a_record = servicekeys.vault_secret("secret", a_path)
+    b_record = servicekeys.vault_secret("secret", b_path)
+    kv.create_or_update_secret(path=b_path, mount_point="secret", cas=1, secret=dict(
+        b_record, transit_key=a_record["transit_key"], transit_version=a_record["transit_version"]))
+
+    found = {(v.check, v.object) for v in cluster.check() if v.check == invariants.SHARED_KEY}
+
+    assert found == {(invariants.SHARED_KEY, f"secret/{a_path}"), (invariants.SHARED_KEY, f"secret/{b_path}")}

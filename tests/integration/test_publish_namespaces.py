@@ -2,40 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
 
 import kubernetes.client
 import pytest
-from kubernetes.client.rest import ApiException
 
 from servicekey_operator.devcluster.operator_process import OperatorProcess
-from tests.support import ServiceKeys, wait_for
+from tests.support import MakeNamespace, ServiceKeys, metric_samples, metric_value, wait_for
 
 pytestmark = pytest.mark.integration
-ACCEPT = "servicekey.io/accept-from"
-MakeNamespace = Callable[..., str]
-
-
-@pytest.fixture
-def make_namespace(core_api: kubernetes.client.CoreV1Api) -> Iterator[MakeNamespace]:
-    """Create extra namespaces with labels and the opt-in annotation; delete them after the test."""
-    created: list[str] = []
-
-    def make(labels: dict[str, str] | None = None, accept_from: str | None = None) -> str:
-        name = f"t-{uuid.uuid4().hex[:10]}"
-        annotations = {ACCEPT: accept_from} if accept_from else {}
-        core_api.create_namespace({"metadata": {"name": name, "labels": labels or {}, "annotations": annotations}})
-        created.append(name)
-        return name
-
-    yield make
-    for name in created:
-        try:
-            core_api.delete_namespace(name)
-        except ApiException as gone:
-            if gone.status != 404:
-                raise
 
 
 def _copy_kid(servicekeys: ServiceKeys, namespace: str, name: str = "shared-public") -> str | None:
@@ -56,7 +32,7 @@ def test_publishes_only_into_namespaces_that_opted_in(operator: OperatorProcess,
 
     assert sorted(status["publishedNamespaces"]) == sorted([accepting, accepting_all])
     assert {(r["namespace"], r["reason"]) for r in status["refusedNamespaces"]} == {
-        (refusing, "NotAccepted"), (other_source_only, "NotAccepted"), ("does-not-exist", "NamespaceNotFound")}
+        (refusing, "NotAccepted"), (other_source_only, "NotAccepted"), ("does-not-exist", "NotAccepted")}
     source = servicekeys.configmap("shared-public")
     for namespace in (accepting, accepting_all):
         copy = servicekeys.configmap("shared-public", namespace)
@@ -144,7 +120,29 @@ def test_deleting_a_target_namespace_does_not_wedge_the_operator(operator: Opera
     def refused_as_gone() -> bool:
         status = servicekeys.get("shared")["status"]
         reasons = {r["reason"] for r in status.get("refusedNamespaces") or []}
-        return not status.get("publishedNamespaces") and bool(reasons & {"NamespaceNotFound", "NamespaceTerminating"})
+        return not status.get("publishedNamespaces") and bool(reasons & {"NotAccepted", "NamespaceTerminating"})
     wait_for(refused_as_gone, 60, "status to report the deleted namespace")
     servicekeys.create("after", {"algorithm": "EdDSA"})
     servicekeys.wait_ready("after")
+
+
+def test_namespace_events_run_passes_only_for_the_keys_they_concern(
+        start_operator: Callable[..., OperatorProcess], servicekeys: ServiceKeys, make_namespace: MakeNamespace,
+        core_api: kubernetes.client.CoreV1Api):
+    # Issue #13: any namespace event used to re-plan every key that publishes elsewhere.
+    operator = start_operator(SERVICEKEY_WATCH_NAMESPACES=servicekeys.namespace)
+    target = make_namespace(accept_from=servicekeys.namespace)
+    servicekeys.create("shared", {"algorithm": "ES256", "publicKey": {"namespaces": [target]}})
+    servicekeys.wait_ready("shared")
+    passes = metric_value(metric_samples(operator), "servicekey_reconcile_duration_seconds_count")
+
+    unrelated = [make_namespace() for _ in range(3)]
+    for name in unrelated:
+        core_api.patch_namespace(name, {"metadata": {"labels": {"churn": "yes"}}})
+    time.sleep(3)  # an absence: long enough for the passes those events used to start (milliseconds each)
+    after_churn = metric_value(metric_samples(operator), "servicekey_reconcile_duration_seconds_count")
+    core_api.patch_namespace(target, {"metadata": {"labels": {"marker": "now"}}})  # concerns the key
+
+    assert after_churn == passes, f"{after_churn - passes} passes for namespaces the key does not publish into"
+    wait_for(lambda: metric_value(metric_samples(operator), "servicekey_reconcile_duration_seconds_count")
+             == passes + 1, 20, "the one pass the target's change asks for")

@@ -136,7 +136,8 @@ def _plan(world: World, desired: DesiredKey, history: KeyHistory,
         pending = history.pending
         assert pending is not None
         written = replace(pending, version=history.current_version + 1, activate_at=None,
-                          rotation_reason=decision.reason, created_at=pending.activate_at or now)
+                          rotation_reason=decision.reason,
+                          created_at=max(pending.activate_at or now, now))
         return [write_version(written), delete_pending()], _with_new_current(history, written)
     kid = world.new_kid()
     if history.pending is not None:

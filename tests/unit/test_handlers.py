@@ -15,6 +15,7 @@ from servicekey_operator.config import OperatorConfig, VaultSettings
 from servicekey_operator.kubeapi import ConfigMapRaced
 from servicekey_operator.peering import PeeringGate
 from servicekey_operator.reconcile import KeyAction, KeyDecision, Outcome
+from servicekey_operator.spec import rotate_request_digest
 from servicekey_operator.status import ready_condition, ready_status
 from servicekey_operator.vault.records import KeyHistory, StoredKey
 
@@ -37,10 +38,17 @@ class RecordingReconciler:
         self.calls.append(f"reconcile {desired.uid}")
         raise PassStarted
 
-    async def finalize(self, desired: Any) -> list:
+    async def finalize(self, desired: Any, owner: Any) -> list:
         self.calls.append(f"finalize {desired.uid}")
         await self.release_finalize.wait()
         return []
+
+
+class NamespaceUids:
+    """The one Kubernetes call a pass makes before the reconciler: the namespace's uid."""
+
+    def namespace_uid(self, namespace: str, created_at: Any = None) -> str:
+        return f"uid-of-{namespace}"
 
 
 def servicekey(uid: str) -> dict[str, Any]:
@@ -48,7 +56,8 @@ def servicekey(uid: str) -> dict[str, Any]:
 
 
 def state_with(reconciler: RecordingReconciler) -> handlers.OperatorState:
-    return handlers.OperatorState(config=CONFIG, reconciler=reconciler, kube=None, keygen=None,  # type: ignore[arg-type]
+    return handlers.OperatorState(config=CONFIG, reconciler=reconciler, kube=NamespaceUids(),  # type: ignore[arg-type]
+                                  keygen=None,  # type: ignore[arg-type]
                                   passes_in_flight=asyncio.Semaphore(handlers.CONCURRENT_PASSES),
                                   gate=PeeringGate(None, None, "test", 1), settings=kopf.OperatorSettings())
 
@@ -129,7 +138,7 @@ class FlakyReconciler:
         return Outcome(self.history, KeyDecision(KeyAction.KEEP, "UpToDate"), configmap_version="7")
 
 
-class StatusRecorder:
+class StatusRecorder(NamespaceUids):
     """Stands in for the Kubernetes gateway: records status patches."""
 
     def __init__(self) -> None:
@@ -167,16 +176,23 @@ def test_a_success_after_a_failure_writes_status_even_when_the_body_has_not_caug
 def test_the_slim_body_keeps_what_a_pass_needs_and_drops_the_rest():
     body = {"apiVersion": "servicekey.io/v1alpha1", "kind": "ServiceKey",
             "metadata": {"namespace": "team", "name": "signer", "uid": "u1", "generation": 3, "resourceVersion": "9",
-                         "annotations": {"servicekey.io/rotate": "r1",
+                         "creationTimestamp": "2026-01-01T00:00:00Z",
+                         "annotations": {"servicekey.io/rotate": "r" * 200_000,
+                                         "servicekey.io/adopt-namespace-uid": "old-uid",
                                          "kubectl.kubernetes.io/last-applied-configuration": "{...}"},
                          "managedFields": [{"manager": "kubectl"}], "finalizers": ["servicekey.io/finalizer"]},
             "spec": {"algorithm": "ES256"}, "status": {"keyId": "k1"}}
 
     slim = handlers.slim_body(body)
 
+    digest = rotate_request_digest("r" * 200_000)
     assert slim == {"apiVersion": "servicekey.io/v1alpha1", "kind": "ServiceKey",
                     "metadata": {"namespace": "team", "name": "signer", "uid": "u1", "generation": 3,
-                                 "annotations": {"servicekey.io/rotate": "r1"}},
+                                 "creationTimestamp": "2026-01-01T00:00:00Z",
+                                 "annotations": {"servicekey.io/rotate": digest,
+                                                 "servicekey.io/adopt-namespace-uid": "old-uid"}},
                     "spec": {"algorithm": "ES256"}, "status": {"keyId": "k1"}}
     desired = handlers._desired(state_with(RecordingReconciler()), slim)
-    assert (desired.rotate_request, desired.algorithm, desired.uid) == ("r1", "ES256", "u1")
+    full = handlers._desired(state_with(RecordingReconciler()), body)
+    assert (desired.rotate_request, desired.algorithm, desired.uid, desired.adopt_namespace_uid) == \
+        (digest, "ES256", "u1", "old-uid") == (full.rotate_request, full.algorithm, full.uid, full.adopt_namespace_uid)

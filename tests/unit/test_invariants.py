@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import json
 
@@ -340,7 +341,7 @@ def _configmap(namespace: str = "payments", name: str = "signing-public", labels
                          "ownerReferences": refs}, "data": DATA if data is None else data}
 
 
-COPY_LABELS = dict(LABELS, **{publish.SOURCE_NAMESPACE_LABEL: "payments"})
+COPY_LABELS = dict(LABELS, **{publish.SOURCE_NAMESPACE_LABEL: "payments", publish.OWNER_UID_LABEL: "uid-live"})
 
 
 @pytest.mark.parametrize(("configmap", "servicekey", "expected"), [
@@ -356,14 +357,30 @@ COPY_LABELS = dict(LABELS, **{publish.SOURCE_NAMESPACE_LABEL: "payments"})
      ["data differs from the source"]),
     (_configmap("billing", labels=COPY_LABELS, owner_uid=None), SERVICEKEY, ["no longer publishes"]),
     (_configmap("orders", labels=COPY_LABELS, owner_uid=None), None, ["copy of ServiceKey payments/signing, which"]),
+    (_configmap("orders", labels={k: v for k, v in COPY_LABELS.items() if k != publish.OWNER_UID_LABEL},
+                owner_uid=None), SERVICEKEY, ["names ServiceKey uid (none)"]),
+    (_configmap("orders", labels=dict(COPY_LABELS, **{publish.OWNER_UID_LABEL: "uid-of-a-deleted-one"}),
+                owner_uid=None), SERVICEKEY, ["names ServiceKey uid uid-of-a-deleted-one"]),
 ], ids=["ours", "not-labelled", "stale-uid", "no-owner-reference", "servicekey-gone", "former-configmap-name",
-        "no-name-label", "copy", "copy-differs", "copy-not-published", "copy-of-a-deleted-key"])
+        "no-name-label", "copy", "copy-differs", "copy-not-published", "copy-of-a-deleted-key", "copy-without-uid",
+        "copy-of-a-predecessor"])
 def test_configmaps_with_our_labels_must_belong_to_their_live_servicekey(configmap, servicekey, expected):
     source_namespace = (configmap["metadata"]["labels"] or {}).get(publish.SOURCE_NAMESPACE_LABEL, "payments")
     found = invariants.ownership_violations([configmap], {(source_namespace, "signing"): servicekey},
                                             {("payments", "signing-public"): DATA})
 
     assert [next((text for text in expected if text in v.detail), v.detail) for v in found] == expected
+
+
+def test_a_copy_that_stands_where_the_target_namespace_publishes_its_own_key_is_a_violation():
+    copy = _configmap("orders", labels=COPY_LABELS, owner_uid=None)
+    found = invariants.ownership_violations([copy], {("payments", "signing"): SERVICEKEY},
+                                            {("payments", "signing-public"): DATA},
+                                            {("orders", "signing-public"): ["ServiceKey orders/signing"]})
+
+    assert [(v.invariant, v.detail) for v in found] == [
+        (7, "copy of ServiceKey payments/signing stands where ServiceKey orders/signing publishes its own key: "
+            "verifiers there trust another namespace's key")]
 
 
 def test_an_orphaned_secret_is_informational_unless_its_deletion_policy_was_recorded_as_delete():
@@ -401,3 +418,41 @@ def test_a_violation_prints_as_one_line_with_its_invariant():
     assert str(violation) == "[invariant 2] CurrentKeyMismatch ConfigMap ns/cm: kid is 'a', Vault's is 'b'"
     assert violation.invariant_name == "the ConfigMap publishes Vault's current key"
     assert invariants.summary([]) == "0 violations" and invariants.summary([violation]) == "1 violation"
+
+
+# --- Invariant 7: tenants are isolated ---------------------------------------------------------------------
+
+
+def _owned(key: VaultKey, owner: str | None = OWNER, namespace_uid: str | None = "ns-uid-now") -> VaultKey:
+    return dataclasses.replace(key, owner=owner, owner_namespace_uid=namespace_uid)
+
+
+@pytest.mark.parametrize(("record", "expected"), [
+    (_record(_owned(V1)), []),
+    (_record(_owned(V1), pending=_owned(PENDING)), []),
+    (_record(_owned(V1, owner="orders/signing")), ["version 1 names orders/signing"]),
+    (_record(_owned(V1, owner=None)), ["version 1 names no owner"]),
+    (_record(_owned(V1, namespace_uid="ns-uid-before")), ["inherited another tenant's key"]),
+    (_record(_owned(V1, namespace_uid=None)), ["inherited another tenant's key"]),
+    (_record(_owned(V1, namespace_uid="ns-uid-before"), custom_metadata={
+        "servicekey.io/owner": OWNER, "servicekey.io/adopted-namespace-uid": "ns-uid-before"}), []),
+    (_record(_owned(V1), pending=_owned(PENDING, owner="payments/other")), ["the pending key names payments/other"]),
+], ids=["proven", "proven-with-pending", "another-owner", "no-owner", "inherited", "no-namespace-uid", "adopted",
+        "foreign-pending"])
+def test_a_ready_key_must_be_proven_its_own_in_this_namespace_incarnation(record, expected):
+    found = invariants.ownership_proof_violations(record, OWNER, "ns-uid-now")
+
+    assert [next((text for text in expected if text in v.detail), v.detail) for v in found] == expected
+    assert all(v.invariant == 7 and v.check == invariants.OWNERSHIP_UNPROVEN for v in found)
+
+
+def test_a_transit_key_in_the_records_of_two_servicekeys_is_shared():
+    first = dataclasses.replace(V1, transit_key="servicekeys.ns.x_dy.ecdsa-p256", transit_version=1,
+                                transit_mount="transit")
+    second = dataclasses.replace(_key(1, index=7), transit_key="servicekeys.ns.x_dy.ecdsa-p256", transit_version=2,
+                                 transit_mount="transit")
+
+    found = invariants.shared_key_violations([_record(first, owner="ns/x.y"), _record(second, owner="ns/other")])
+
+    assert sorted(v.object for v in found) == ["secret/servicekeys/ns/other", "secret/servicekeys/ns/x.y"]
+    assert all("Transit key transit/servicekeys.ns.x_dy.ecdsa-p256" in v.detail for v in found)

@@ -9,7 +9,7 @@ import pytest
 
 from servicekey_operator.config import OperatorConfig, VaultSettings
 from servicekey_operator.reconcile import KeyAction, decide_key, next_pass_time, next_rotation_time
-from servicekey_operator.spec import desired_key
+from servicekey_operator.spec import desired_key, rotate_request_digest
 from servicekey_operator.vault.records import KeyHistory, StoredKey
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
@@ -25,7 +25,8 @@ def _desired(spec: dict, annotations: dict | None = None):
 def _key(kid: str = "kid-3", algorithm: str = "ES256", key_size: int | None = None, annotation: str | None = None,
          created_at: datetime.datetime = T0, activate_at: datetime.datetime | None = None) -> StoredKey:
     return StoredKey(version=3, kid=kid, algorithm=algorithm, key_size=key_size, public_pem="", service_name="sk",
-                     created_at=created_at, rotate_annotation=annotation, rotation_reason="Requested",
+                     created_at=created_at, rotate_annotation=rotate_request_digest(annotation),
+                     rotation_reason="Requested",
                      activate_at=activate_at)
 
 

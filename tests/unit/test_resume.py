@@ -11,7 +11,7 @@ import pytest
 from servicekey_operator.config import OperatorConfig, VaultSettings
 from servicekey_operator.reconcile import next_rotation_time
 from servicekey_operator.resume import first_pass_time
-from servicekey_operator.spec import desired_key
+from servicekey_operator.spec import desired_key, rotate_request_digest
 from servicekey_operator.status import failed_status, ready_status
 from servicekey_operator.vault.records import KeyHistory, StoredKey
 
@@ -28,7 +28,7 @@ def _desired(spec: dict[str, Any], annotations: dict[str, str] | None = None, co
 
 def _history(annotation: str | None = None, pending: StoredKey | None = None) -> KeyHistory:
     current = StoredKey(version=2, kid="kid-2", algorithm="ES256", key_size=None, public_pem="", service_name="sk",
-                        created_at=T0, rotate_annotation=annotation, rotation_reason="Requested")
+                        created_at=T0, rotate_annotation=rotate_request_digest(annotation), rotation_reason="Requested")
     return KeyHistory(owner="ns/sk", current_version=2, current=current, pending=pending)
 
 

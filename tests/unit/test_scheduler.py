@@ -121,3 +121,49 @@ def test_no_more_than_the_limit_of_started_passes_is_unfinished_at_once():
     waiting_at_the_limit, finished = asyncio.run(scenario())
     assert waiting_at_the_limit == 3
     assert finished == list(range(10))
+
+
+def test_due_keys_are_taken_round_robin_between_groups_in_due_order_within_each():
+    scheduler: PassScheduler[tuple[str, str]] = PassScheduler(group=lambda key: key[0])
+    for index in range(5):
+        scheduler.schedule(("flood", f"rsa-{index}"), at(index))
+    scheduler.schedule(("quiet", "es256"), at(4))
+    scheduler.schedule(("other", "eddsa"), at(4.5))
+
+    taken = [scheduler.take_due(at(10)) for _ in range(8)]
+
+    assert taken[:4] == [("flood", "rsa-0"), ("quiet", "es256"), ("other", "eddsa"), ("flood", "rsa-1")]
+    assert taken[4:] == [("flood", "rsa-2"), ("flood", "rsa-3"), ("flood", "rsa-4"), None]
+
+
+def test_a_group_at_its_limit_waits_while_the_others_go_on():
+    async def scenario() -> list[str]:
+        started: list[str] = []
+        release_flood = asyncio.Event()
+
+        def start(key: tuple[str, str]) -> asyncio.Future[None]:
+            started.append(f"{key[0]}/{key[1]}")
+            return asyncio.ensure_future(release_flood.wait() if key[0] == "flood" else asyncio.sleep(0))
+
+        async def is_active() -> bool:
+            return True
+
+        def now() -> datetime.datetime:
+            return datetime.datetime.now(datetime.UTC)
+
+        scheduler: PassScheduler[tuple[str, str]] = PassScheduler(group=lambda key: key[0], group_limit=2)
+        for index in range(6):
+            scheduler.schedule(("flood", str(index)), now())
+        runner = asyncio.create_task(scheduler.run(start, is_active, now, started_limit=8))
+        await asyncio.sleep(0.05)
+        scheduler.schedule(("quiet", "late"), now())
+        await asyncio.sleep(0.05)
+        while_flood_runs = list(started)
+        release_flood.set()
+        await asyncio.sleep(0.2)
+        runner.cancel()
+        return [*while_flood_runs, "|", *started[len(while_flood_runs):]]
+
+    timeline = asyncio.run(scenario())
+    assert timeline[:4] == ["flood/0", "flood/1", "quiet/late", "|"]
+    assert sorted(timeline[4:]) == ["flood/2", "flood/3", "flood/4", "flood/5"]

@@ -41,7 +41,10 @@ def test_defaults_follow_the_contract():
     ({"vault": {"path": "../escape"}}, "without '..'"),
     ({"vault": {"path": "/absolute"}}, "without '..'"),
     ({"vault": {"path": "elsewhere/ns/name"}}, "outside the operator's prefix"),
-    ({"rotation": {"period": "10s", "publishAhead": "10s"}}, "publishAhead"),
+    ({"rotation": {"period": "10m", "publishAhead": "10m"}}, "publishAhead"),
+    ({"rotation": {"period": "59s"}}, "shorter than 1m"),
+    ({"vault": {"mount": "secret/servicekeys/other"}}, "one mount name"),
+    ({"vault": {"mount": "cubbyhole"}}, "Vault's own mounts"),
     ({"rotation": {"retainPrevious": 11}}, "retainPrevious"),
 ])
 def test_what_admission_cannot_express_is_invalid_spec(spec, message):

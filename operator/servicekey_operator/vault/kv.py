@@ -1,8 +1,11 @@
 """Keys in a KV v2 engine: one secret per ServiceKey, one KV version per key, check-and-set writes.
 
 Secret data per version (DESIGN.md): private_key, public_key, algorithm, key_size, kid, service_name,
-created_at; plus rotate_annotation, the value of ``servicekey.io/rotate`` that the version answered,
-so that a rotation request is recorded in the same atomic write that fulfils it, and rotation_reason.
+created_at; plus rotate_annotation, the digest of the ``servicekey.io/rotate`` value that the version
+answered, so that a rotation request is recorded in the same atomic write that fulfils it, rotation_reason,
+and the owner (owner, owner_uid, owner_namespace_uid). The owner is written with the key in one
+check-and-set write, so two ServiceKeys racing for one path can never both believe they own it: the loser's
+write fails and its next read finds the winner's name (``ownership``). The custom_metadata only mirrors it.
 
 For Transit keys the same secret is the key's record without ``private_key``: ``engine: transit``,
 ``transit_key`` and ``transit_version`` say where the private half lives. KV versions stay the key
@@ -13,32 +16,33 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+from collections.abc import Collection
 from typing import Any
 
 import hvac.exceptions
 
-from servicekey_operator.errors import VaultPathConflict
 from servicekey_operator.keys import KeyPair
 from servicekey_operator.vault.connection import VaultConnection, vault_call
+from servicekey_operator.vault.ownership import Owner, RecordedOwner, verify_owner
 from servicekey_operator.vault.records import (
-    DELETION_POLICY_METADATA_KEY,
-    MANAGED_BY,
-    MANAGED_BY_METADATA_KEY,
-    OWNER_METADATA_KEY,
+    ADOPTED_NAMESPACE_UID_METADATA_KEY,
+    TRANSIT_KEYS_METADATA_KEY,
     KeyHistory,
     StoredKey,
+    TransitClaim,
     TransitRef,
+    metadata_owner,
     parse_time,
+    parse_transit_claims,
 )
 
 # Keep more versions than the largest retainPrevious (10) so history outlives the JWKS window.
 KV_MAX_VERSIONS = 32
 # The key published ahead of use lives beside the secret, so signers reading the secret's latest
-# version never see it before it is promoted.
+# version never see it before it is promoted. It names its owner like every version, so a key's own secret
+# that happens to sit at another key's pending path is never mistaken for (promoted or deleted as) a
+# pending key.
 PENDING_SUFFIX = "pending"
-# The pending secret names its ServiceKey, so a key's own secret that happens to sit at another key's
-# pending path is never mistaken for (promoted or deleted as) a pending key.
-PENDING_OWNER_FIELD = "owner"
 
 
 def pending_path(path: str) -> str:
@@ -50,12 +54,18 @@ def _format_time(moment: datetime.datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
+def _recorded_owner(data: dict[str, str]) -> RecordedOwner:
+    return RecordedOwner(ref=data.get("owner"), namespace_uid=data.get("owner_namespace_uid"),
+                         uid=data.get("owner_uid"))
+
+
 def _stored_key(version: int, data: dict[str, str]) -> StoredKey:
     key_size = data.get("key_size")
     activate_at = data.get("activate_at")
     transit = None
     if data.get("engine") == "transit":
-        transit = TransitRef(key_name=data["transit_key"], version=int(data["transit_version"]))
+        transit = TransitRef(key_name=data["transit_key"], version=int(data["transit_version"]),
+                             mount=data.get("transit_mount", ""))
     return StoredKey(
         version=version, kid=data["kid"], algorithm=data["algorithm"],
         key_size=int(key_size) if key_size else None, public_pem=data["public_key"],
@@ -63,28 +73,31 @@ def _stored_key(version: int, data: dict[str, str]) -> StoredKey:
         rotate_annotation=data.get("rotate_annotation") or None,
         rotation_reason=data.get("rotation_reason", ""),
         activate_at=parse_time(activate_at) if activate_at else None, transit=transit,
-        private_pem=data.get("private_key", ""),
+        owner=_recorded_owner(data), private_pem=data.get("private_key", ""),
     )
 
 
-def _secret_data(keypair: KeyPair, service_name: str, rotate_annotation: str | None, rotation_reason: str,
-                 created_at: datetime.datetime, transit: TransitRef | None = None) -> dict[str, str]:
+def _secret_data(keypair: KeyPair, owner: Owner, service_name: str, rotate_annotation: str | None,
+                 rotation_reason: str, created_at: datetime.datetime,
+                 transit: TransitRef | None = None) -> dict[str, str]:
     data = {
         "public_key": keypair.public_pem, "algorithm": keypair.algorithm, "kid": keypair.kid,
         "service_name": service_name, "created_at": _format_time(created_at),
         "rotate_annotation": rotate_annotation or "", "rotation_reason": rotation_reason,
+        "owner": owner.ref, "owner_uid": owner.uid, "owner_namespace_uid": owner.namespace_uid,
     }
     if transit is None:
         data["private_key"] = keypair.private_pem
     else:
-        data.update(engine="transit", transit_key=transit.key_name, transit_version=str(transit.version))
+        data.update(engine="transit", transit_key=transit.key_name, transit_version=str(transit.version),
+                    transit_mount=transit.mount)
     if keypair.key_size:
         data["key_size"] = str(keypair.key_size)
     return data
 
 
 class KvKeyStore:
-    """Read, write (check-and-set), claim and delete keys in KV v2 mounts."""
+    """Read, write (check-and-set), mirror ownership into the metadata of, and delete keys in KV v2 mounts."""
 
     def __init__(self, connection: VaultConnection) -> None:
         self.connection = connection
@@ -100,44 +113,67 @@ class KvKeyStore:
             except hvac.exceptions.InvalidPath:
                 return None
 
-    def _version(self, mount: str, path: str, version: int) -> StoredKey:
+    def _version_data(self, mount: str, path: str, version: int) -> dict[str, str]:
         with vault_call("read_version", f"reading {mount}/{path} version {version}"):
             reply = self._kv.read_secret_version(path=path, version=version, mount_point=mount,
                                                  raise_on_deleted_version=True)
-        return _stored_key(version, reply["data"]["data"])
+        return reply["data"]["data"]
 
-    def read(self, mount: str, path: str, owner: str, retain_previous: int, *, with_pending: bool) -> KeyHistory:
+    def _version(self, mount: str, path: str, version: int) -> StoredKey:
+        return _stored_key(version, self._version_data(mount, path, version))
+
+    def read(self, mount: str, path: str, owner: Owner, retain_previous: int, *, with_pending: bool,
+             adopt_namespace_uid: str | None = None) -> KeyHistory:
         """The current key, up to ``retain_previous`` older live versions and (if asked) the pending key.
 
-        Raises VaultPathConflict when the path holds a secret that another owner (or no operator) wrote.
+        Raises VaultPathConflict unless every record found proves to be ``owner``'s (``ownership``): the
+        newest live version, or, when no version is live, the owner the metadata names; and the pending key.
+        ``adopt_namespace_uid`` is the earlier namespace whose records ``owner`` may adopt (its annotation).
         """
+        where = f"{mount}/{path}"
         metadata = self._metadata(mount, path)
         if metadata is None:
             # Still look: a foreign secret where our pending key would go is a conflict from the start.
-            pending = self._pending(mount, path, owner) if with_pending else None
+            pending = self.read_pending(mount, path, owner, {adopt_namespace_uid}) if with_pending else None
             return KeyHistory(owner=None, current_version=0, current=None, pending=pending)
-        custom = metadata.get("custom_metadata") or {}
-        recorded_owner = custom.get(OWNER_METADATA_KEY)
+        custom = dict(metadata.get("custom_metadata") or {})
+        named = metadata_owner(custom)
+        # An adoption is recorded in the metadata only after it was proven, so it holds for later passes.
+        recorded_adoption = custom.get(ADOPTED_NAMESPACE_UID_METADATA_KEY) \
+            if (named.ref, named.namespace_uid) == (owner.ref, owner.namespace_uid) else None
+        adopted = {adopt_namespace_uid, recorded_adoption} - {None}
         current_version = int(metadata.get("current_version") or 0)
         live_versions = sorted(
             (int(number) for number, info in (metadata.get("versions") or {}).items()
              if not info.get("destroyed") and not info.get("deletion_time")),
             reverse=True,
         )
-        if recorded_owner != owner and live_versions:
-            holder = f"ServiceKey {recorded_owner}" if recorded_owner else "something other than this operator"
-            raise VaultPathConflict(f"{mount}/{path} already holds a secret written by {holder}; "
-                                    "it is left untouched")
-        pending = self._pending(mount, path, owner) if with_pending else None
-        policy = custom.get(DELETION_POLICY_METADATA_KEY)
-        if not live_versions or live_versions[0] != current_version:
-            return KeyHistory(owner=recorded_owner, current_version=current_version, current=None, pending=pending,
-                              deletion_policy=policy)
-        keys = [self._version(mount, path, number) for number in live_versions[: retain_previous + 1]]
-        return KeyHistory(owner=recorded_owner, current_version=current_version, current=keys[0],
-                          previous=tuple(keys[1:]), pending=pending, deletion_policy=policy)
+        keys: list[StoredKey] = []
+        if live_versions:
+            newest = self._version_data(mount, path, live_versions[0])
+            verify_owner(_recorded_owner(newest), owner, adopted, where)
+            keys = [_stored_key(live_versions[0], newest),
+                    *(self._version(mount, path, number) for number in live_versions[1: retain_previous + 1])]
+        elif named.ref is not None:
+            verify_owner(named, owner, adopted, where)
+        else:
+            # Versions all deleted (or none yet) and nothing claimed: nobody's yet.
+            pending = self.read_pending(mount, path, owner, adopted) if with_pending else None
+            return KeyHistory(owner=None, current_version=current_version, current=None, pending=pending)
+        pending = self.read_pending(mount, path, owner, adopted) if with_pending else None
+        # The metadata's claims count only while it names this owner; the versions' own Transit keys always.
+        claims = {TransitClaim(key.transit.mount, key.transit.key_name.rsplit(".", 1)[-1])
+                  for key in keys if key.transit and key.transit.mount}
+        if named.ref == owner.ref and named.namespace_uid in (owner.namespace_uid, *adopted):
+            claims |= parse_transit_claims(custom.get(TRANSIT_KEYS_METADATA_KEY))
+        current = keys[0] if keys and keys[0].version == current_version else None
+        return KeyHistory(owner=owner.ref, current_version=current_version, current=current,
+                          previous=tuple(keys[1:]) if current else (), pending=pending, metadata=custom,
+                          transit_claims=frozenset(claims))
 
-    def _pending(self, mount: str, path: str, owner: str) -> StoredKey | None:
+    def read_pending(self, mount: str, path: str, owner: Owner, adopted: Collection[str | None]) -> StoredKey | None:
+        """The key staged at ``<path>/pending``, or None; raises VaultPathConflict unless it is ``owner``'s
+        (``adopted``: earlier namespace uids it may adopt, see ``read``)."""
         with vault_call("read_version", f"reading {mount}/{pending_path(path)}"):
             try:
                 reply = self._kv.read_secret_version(path=pending_path(path), mount_point=mount,
@@ -145,58 +181,55 @@ class KvKeyStore:
             except hvac.exceptions.InvalidPath:
                 return None
         data = reply["data"]["data"]
-        if data.get(PENDING_OWNER_FIELD) != owner:
-            # Another key's secret that merely sits where ours would keep its pending key.
-            raise VaultPathConflict(f"{mount}/{pending_path(path)} holds a secret that is not this ServiceKey's "
-                                    "pending key; it is left untouched")
+        # Another key's secret that merely sits where ours would keep its pending key is a conflict.
+        verify_owner(_recorded_owner(data), owner, adopted,
+                     f"{mount}/{pending_path(path)} (this ServiceKey's pending key)")
         return dataclasses.replace(_stored_key(0, data), pending_revision=int(reply["data"]["metadata"]["version"]))
 
-    def claim(self, mount: str, path: str, owner: str, deletion_policy: str) -> None:
-        """Mark the path as ours (with the owner's deletionPolicy) before the first write, so a crash never
-        leaves an unowned secret; called again when the policy changes."""
-        with vault_call("write_metadata", f"claiming {mount}/{path}"):
+    def write_metadata(self, mount: str, path: str, custom_metadata: dict[str, str]) -> None:
+        """Replace the secret's custom_metadata (see ``records.record_metadata``)."""
+        with vault_call("write_metadata", f"writing the metadata of {mount}/{path}"):
             self._kv.update_metadata(path=path, mount_point=mount, max_versions=KV_MAX_VERSIONS,
-                                     cas_required=True,
-                                     custom_metadata={MANAGED_BY_METADATA_KEY: MANAGED_BY,
-                                                      OWNER_METADATA_KEY: owner,
-                                                      DELETION_POLICY_METADATA_KEY: deletion_policy})
+                                     custom_metadata=custom_metadata)
 
-    def write(self, mount: str, path: str, keypair: KeyPair, *, service_name: str, rotate_annotation: str | None,
-              rotation_reason: str, created_at: datetime.datetime, expected_version: int,
-              transit: TransitRef | None = None) -> StoredKey:
-        """Write a new key version if the current version is still ``expected_version`` (check-and-set).
+    def write(self, mount: str, path: str, keypair: KeyPair, *, owner: Owner, service_name: str,
+              rotate_annotation: str | None, rotation_reason: str, created_at: datetime.datetime,
+              expected_version: int, transit: TransitRef | None = None) -> StoredKey:
+        """Write a new key version, naming ``owner``, if the current version is still ``expected_version``
+        (check-and-set).
 
         ``transit`` records a Transit key instead of the private key itself. Raises VaultWriteConflict
         when another writer got there first.
         """
-        data = _secret_data(keypair, service_name, rotate_annotation, rotation_reason, created_at, transit)
+        data = _secret_data(keypair, owner, service_name, rotate_annotation, rotation_reason, created_at, transit)
         with vault_call("write_version", f"writing {mount}/{path}"):
             reply = self._kv.create_or_update_secret(path=path, secret=data, cas=expected_version,
                                                      mount_point=mount)
         return _stored_key(int(reply["data"]["version"]), data)
 
-    def write_pending(self, mount: str, path: str, keypair: KeyPair, *, service_name: str,
+    def write_pending(self, mount: str, path: str, keypair: KeyPair, *, owner: Owner, service_name: str,
                       rotate_annotation: str | None, rotation_reason: str, created_at: datetime.datetime,
-                      activate_at: datetime.datetime, owner: str, expected_revision: int = 0) -> StoredKey:
+                      activate_at: datetime.datetime, expected_revision: int = 0) -> StoredKey:
         """Stage the next key, to be promoted at ``activate_at``, if the pending key is still at
         ``expected_revision`` (0: only if there is none; the revision of the current one: reschedule it).
 
         Raises VaultWriteConflict when another writer got there first.
         """
-        data = _secret_data(keypair, service_name, rotate_annotation, rotation_reason, created_at)
-        data.update(activate_at=_format_time(activate_at), **{PENDING_OWNER_FIELD: owner})
+        data = _secret_data(keypair, owner, service_name, rotate_annotation, rotation_reason, created_at)
+        data.update(activate_at=_format_time(activate_at))
         with vault_call("write_version", f"writing {mount}/{pending_path(path)}"):
             reply = self._kv.create_or_update_secret(path=pending_path(path), secret=data, cas=expected_revision,
                                                      mount_point=mount)
         return dataclasses.replace(_stored_key(0, data), pending_revision=int(reply["data"]["version"]))
 
     def delete_pending(self, mount: str, path: str) -> None:
-        """Forget the pending key (after its promotion, or when the spec changed under it)."""
+        """Forget the pending key (after its promotion, or when the spec changed under it); only call it
+        for a pending key that ``read`` has proven to be the caller's."""
         self._delete(mount, pending_path(path))
 
     def delete(self, mount: str, path: str) -> None:
-        """Delete every version, the metadata and any pending key (deletionPolicy: Delete)."""
-        self._delete(mount, pending_path(path))
+        """Delete every version and the metadata (deletionPolicy: Delete); only call it for a record that
+        ``read`` has proven to be the caller's. The pending key is separate: ``delete_pending``."""
         self._delete(mount, path)
 
     def _delete(self, mount: str, path: str) -> None:

@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from servicekey_operator.errors import InvalidSpec
+from servicekey_operator.vault.ownership import Owner, RecordedOwner
+
+# The secret's custom_metadata (KV v2): a mirror of the owner its versions record, for people and the
+# invariant checker, plus what only the metadata can hold (values are at most 512 bytes).
 OWNER_METADATA_KEY = "servicekey.io/owner"
+OWNER_UID_METADATA_KEY = "servicekey.io/owner-uid"
+NAMESPACE_UID_METADATA_KEY = "servicekey.io/namespace-uid"
+# The uid of the earlier namespace whose record this ServiceKey adopted (ownership.verify_owner).
+ADOPTED_NAMESPACE_UID_METADATA_KEY = "servicekey.io/adopted-namespace-uid"
 # The owner's deletionPolicy, so that a secret left after its ServiceKey is gone can be told apart:
 # kept on purpose (Retain) or a Delete that failed.
 DELETION_POLICY_METADATA_KEY = "servicekey.io/deletion-policy"
+# The Transit keys this record claimed before creating them, as ``<mount>:<key type>,...``: a Transit key
+# that exists without such a claim was made by someone else.
+TRANSIT_KEYS_METADATA_KEY = "servicekey.io/transit-keys"
 MANAGED_BY_METADATA_KEY = "managed-by"
 MANAGED_BY = "servicekey-operator"
+# Vault's limit on one custom_metadata value.
+CUSTOM_METADATA_VALUE_MAX_BYTES = 512
 
 
 def parse_time(text: str) -> datetime.datetime:
@@ -18,12 +33,21 @@ def parse_time(text: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+@dataclass(frozen=True, order=True)
+class TransitClaim:
+    """A Transit key a record may create and own: its mount and key type (the name follows from the path)."""
+
+    mount: str
+    key_type: str
+
+
 @dataclass(frozen=True)
 class TransitRef:
-    """Where a key generated inside Vault's Transit engine lives: key name and key version."""
+    """Where a key generated inside Vault's Transit engine lives: mount, key name and key version."""
 
     key_name: str
     version: int
+    mount: str = ""
 
 
 @dataclass(frozen=True)
@@ -43,6 +67,7 @@ class StoredKey:
     transit: TransitRef | None = None
     # For a pending key: the KV version of <path>/pending, which a check-and-set reschedule names.
     pending_revision: int = 0
+    owner: RecordedOwner = field(default_factory=RecordedOwner)
     private_pem: str = field(default="", repr=False)
 
     @property
@@ -57,7 +82,9 @@ class KeyHistory:
 
     ``current_version`` is what a check-and-set write must name (0: nothing written yet). ``pending``
     is a key published ahead of use (``rotation.publishAhead``): it lives beside the secret until it
-    is promoted to the next version at ``pending.activate_at``.
+    is promoted to the next version at ``pending.activate_at``. ``owner`` is set once the record has
+    proven to be the reader's (None: nobody's yet); ``metadata`` is the secret's custom_metadata as read,
+    and ``transit_claims`` the Transit keys the record proves to be its own.
     """
 
     owner: str | None
@@ -65,5 +92,52 @@ class KeyHistory:
     current: StoredKey | None
     previous: tuple[StoredKey, ...] = ()
     pending: StoredKey | None = None
-    # The deletionPolicy recorded with the owner (None for paths claimed before it was recorded).
-    deletion_policy: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    transit_claims: frozenset[TransitClaim] = frozenset()
+
+
+def parse_transit_claims(text: str | None) -> frozenset[TransitClaim]:
+    """``transit:ecdsa-p256,transit:rsa-2048`` → the claims (malformed entries are skipped)."""
+    claims = set()
+    for entry in (text or "").split(","):
+        mount, _, key_type = entry.strip().rpartition(":")
+        if mount and key_type:
+            claims.add(TransitClaim(mount, key_type))
+    return frozenset(claims)
+
+
+def record_metadata(owner: Owner, deletion_policy: str, transit_claims: frozenset[TransitClaim],
+                    adopted_namespace_uid: str | None) -> dict[str, str]:
+    """The whole custom_metadata a record of ``owner`` carries (KV v2 replaces the map on every write).
+
+    Raises InvalidSpec when the Transit claims do not fit Vault's 512-byte limit on a value (only a key
+    moved across many Transit mounts gets there).
+    """
+    metadata = {MANAGED_BY_METADATA_KEY: MANAGED_BY, OWNER_METADATA_KEY: owner.ref,
+                OWNER_UID_METADATA_KEY: owner.uid, NAMESPACE_UID_METADATA_KEY: owner.namespace_uid,
+                DELETION_POLICY_METADATA_KEY: deletion_policy}
+    if transit_claims:
+        claims = ",".join(f"{claim.mount}:{claim.key_type}" for claim in sorted(transit_claims))
+        if len(claims.encode()) > CUSTOM_METADATA_VALUE_MAX_BYTES:
+            raise InvalidSpec(f"the Transit keys claimed ({claims}) do not fit in Vault's custom_metadata; "
+                              "delete the ServiceKey's Transit keys on mounts it no longer uses")
+        metadata[TRANSIT_KEYS_METADATA_KEY] = claims
+    if adopted_namespace_uid:
+        metadata[ADOPTED_NAMESPACE_UID_METADATA_KEY] = adopted_namespace_uid
+    return metadata
+
+
+def adoption(history: KeyHistory, namespace_uid: str) -> str | None:
+    """The uid of the earlier namespace whose records the owner (now in ``namespace_uid``) relies on: what
+    proves the record (its current and pending keys, or the metadata's claim when no key is live) was written
+    there. None once keys written in this namespace replace them."""
+    proofs = [key.owner for key in (history.current, history.pending) if key is not None]
+    if not proofs:
+        proofs = [metadata_owner(history.metadata)]
+    return next((proof.namespace_uid for proof in proofs if proof.namespace_uid not in (None, namespace_uid)), None)
+
+
+def metadata_owner(metadata: Mapping[str, str]) -> RecordedOwner:
+    """The owner a secret's custom_metadata names."""
+    return RecordedOwner(ref=metadata.get(OWNER_METADATA_KEY), namespace_uid=metadata.get(NAMESPACE_UID_METADATA_KEY),
+                         uid=metadata.get(OWNER_UID_METADATA_KEY))

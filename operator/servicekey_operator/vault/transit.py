@@ -26,13 +26,24 @@ def transit_key_type(algorithm: str, key_size: int | None) -> str:
     return f"rsa-{key_size}" if is_rsa(algorithm) else _CURVE_KEY_TYPES[algorithm]
 
 
-def transit_key_name(path: str, algorithm: str, key_size: int | None) -> str:
-    """``servicekeys/ns/name`` → ``servicekeys.ns.name.ecdsa-p256``.
+# Transit names cannot hold '/'. Each '/' becomes '.', so '.' and '_' in the path are escaped: the mapping
+# is injective (prefix-free), and ServiceKey ``x.y`` can never share a name with a key at path ``.../x/y``.
+_NAME_ESCAPES = str.maketrans({"_": "_u", ".": "_d", "/": "."})
 
-    Transit names cannot hold '/', and namespaces cannot hold '.', so the name is unambiguous. The
-    key type is part of it because a Transit key's type is fixed: an algorithm change needs a new key.
+
+def transit_key_name(path: str, algorithm: str, key_size: int | None) -> str:
+    """``servicekeys/ns/name`` → ``servicekeys.ns.name.ecdsa-p256``; ``servicekeys/ns/x.y_z`` →
+    ``servicekeys.ns.x_dy_uz.ecdsa-p256``.
+
+    Different paths or key types always give different names (the key type has no '.'). The key type is
+    part of the name because a Transit key's type is fixed: an algorithm change needs a new key.
     """
-    return f"{path.replace('/', '.')}.{transit_key_type(algorithm, key_size)}"
+    return transit_name(path, transit_key_type(algorithm, key_size))
+
+
+def transit_name(path: str, key_type: str) -> str:
+    """The Transit key name for a record's ``path`` and a Transit ``key_type`` (see ``transit_key_name``)."""
+    return f"{path.translate(_NAME_ESCAPES)}.{key_type}"
 
 
 def _spki_pem(public_key: str, key_type: str) -> str:
@@ -91,7 +102,7 @@ class TransitKeys:
         public_pem = _spki_pem(key["keys"][str(version)]["public_key"], key_type)
         keypair = KeyPair(algorithm=algorithm, key_size=key_size, private_pem="", public_pem=public_pem,
                           kid=kid_for(public_pem))
-        return keypair, TransitRef(key_name=name, version=version)
+        return keypair, TransitRef(key_name=name, version=version, mount=mount)
 
     def delete(self, mount: str, name: str) -> None:
         """Delete a Transit key (they refuse deletion until ``deletion_allowed`` is set)."""
