@@ -15,27 +15,34 @@
 # ---------------------------------------------------------------------------------------------------
 
 # Read the current and previous versions; write a new version with check-and-set (create for the
-# first version, update after). LIST is served on metadata/, so it is not granted here.
+# first version, update after). Soft deletes (DELETE on data/) are never made.
 path "secret/data/servicekeys/*" {
-  capabilities = ["create", "read", "update", "delete"]
+  capabilities = ["create", "read", "update"]
 }
 
-# Read the version history and custom_metadata (adoption / conflict check), write custom_metadata,
-# list keys, and delete all versions when a ServiceKey with deletionPolicy: Delete is deleted.
+# Read the version history and custom_metadata (ownership, Transit claims), write custom_metadata (create
+# when a Transit key is claimed before its record's first version, update after), and delete all versions
+# when a ServiceKey with deletionPolicy: Delete is deleted. Never listed.
 path "secret/metadata/servicekeys/*" {
-  capabilities = ["create", "read", "update", "delete", "list"]
+  capabilities = ["create", "read", "update", "delete"]
 }
 
 # ---------------------------------------------------------------------------------------------------
 # Transit (spec.vault.engine: transit). Non-exportable keys named <prefix>.<namespace>.<name>.<type>
-# (the Vault path with '/' turned into '.', plus the key type, e.g. servicekeys.payments.signing.ecdsa-p256);
-# their record (history, rotation requests, ownership) is the KV secret above. The prefix glob covers
-# the key itself (create, read its public keys and versions, delete) and its sub-paths
-# transit/keys/<key>/rotate (update: a new key version) and transit/keys/<key>/config (update:
-# deletion_allowed before a Delete, min_decryption_version for retainPrevious).
+# (the Vault path with '/' turned into '.', '.' and '_' escaped, plus the key type, e.g.
+# servicekeys.payments.signing.ecdsa-p256); their record (history, rotation requests, ownership) is the KV
+# secret above. The operator creates a key (an update of transit/keys/<key>: Transit has no separate
+# create), reads its public keys and versions, deletes it, and updates transit/keys/<key>/rotate (a new
+# version) and transit/keys/<key>/config (min_decryption_version for retainPrevious, deletion_allowed before
+# a Delete).
+# A prefix glob is the only way to limit the keys to the operator's prefix, and it also covers
+# transit/keys/<key>/trim, which the operator never calls: Vault's ACL globs cannot leave out one sub-path
+# below a prefix. To remove even that, give the operator a Transit mount of its own (vault.transitMount)
+# and replace this block with "transit/keys/+" (read, update, delete) and "transit/keys/+/rotate",
+# "transit/keys/+/config" (update).
 # ---------------------------------------------------------------------------------------------------
 path "transit/keys/servicekeys.*" {
-  capabilities = ["create", "read", "update", "delete"]
+  capabilities = ["read", "update", "delete"]
 }
 
 # Deliberately not granted: transit/sign/*, transit/verify/*, transit/export/* and transit/backup/*.
@@ -44,7 +51,8 @@ path "transit/keys/servicekeys.*" {
 
 # ---------------------------------------------------------------------------------------------------
 # The operator's own token: keep it alive and know its TTL (kubernetes / approle logins are
-# unauthenticated endpoints and need no policy).
+# unauthenticated endpoints and need no policy). These are the two paths of Vault's "default" policy the
+# operator uses, so create its role without it: token_no_default_policy=true.
 # ---------------------------------------------------------------------------------------------------
 path "auth/token/renew-self" {
   capabilities = ["update"]

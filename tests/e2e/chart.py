@@ -31,18 +31,17 @@ CONTRACT_ENV = {
 
 # What the operator may do in Kubernetes, and no more: (apiGroup, resource) -> verbs.
 SERVING_RULES = {
-    ("servicekey.io", "servicekeys"): {"get", "list", "watch", "patch", "update"},
-    ("servicekey.io", "servicekeys/status"): {"get", "patch", "update"},
+    ("servicekey.io", "servicekeys"): {"list", "watch", "patch"},
+    ("servicekey.io", "servicekeys/status"): {"patch"},
     ("servicekey.io", "servicekeys/finalizers"): {"update"},
-    ("", "configmaps"): {"get", "list", "watch", "create", "update", "patch", "delete"},
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
+    ("", "configmaps"): {"get", "list", "watch", "create", "update", "delete"},
+    ("", "events"): {"create"},
 }
 CLUSTER_ONLY_RULES = {
     ("", "namespaces"): {"get", "list", "watch"},
-    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
 }
-PEERING_VERBS = {"get", "list", "watch", "patch"}
+PEERING_VERBS = {"list", "watch", "patch"}
 
 # Every documented value set to something other than its default (the kubernetes/approle/token
 # sub-values are all set; the auth method is varied by the test that uses it).
@@ -118,13 +117,15 @@ FULL_VALUES: dict[str, Any] = {
     "podDisruptionBudget": {"enabled": True, "minAvailable": 2},
     "networkPolicy": {
         "enabled": True,
+        "egress": {"enabled": True},
         "dnsEgress": False,
         "vault": {"port": 8200, "to": [{"namespaceSelector": {
             "matchLabels": {"kubernetes.io/metadata.name": "openbao"}}}]},
         "apiServer": {"ports": [6443], "to": [{"ipBlock": {"cidr": "192.0.2.10/32"}}]},
         "metrics": {"from": [{"namespaceSelector": {
-            "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]},
+            "matchLabels": {"kubernetes.io/metadata.name": "prometheus"}}}]},
     },
+    "admissionPolicy": {"enabled": True},
 }
 
 

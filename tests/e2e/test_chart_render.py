@@ -133,14 +133,46 @@ def test_default_render_is_a_cluster_wide_standalone_operator(helm_bin, tmp_path
     docs = render(helm_bin, tmp_path)
 
     kinds = sorted(doc["kind"] for doc in docs)
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "NetworkPolicy", "Service", "ServiceAccount",
+                     "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     deployment = only(docs, "Deployment")
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}, "one pod at a time without peering"
     assert operator_container(docs)["image"] == "servicekey-operator:0.1.0"
     for doc in docs:
-        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy",
+                               "ValidatingAdmissionPolicyBinding"):
             assert doc["metadata"]["namespace"] == NAMESPACE, f"{doc['kind']} not in {NAMESPACE}"
+
+
+def test_by_default_only_the_monitoring_namespace_may_scrape_metrics_and_egress_is_open(helm_bin, tmp_path):
+    # /metrics names every tenant's ServiceKeys (issue #13).
+    policy = only(render(helm_bin, tmp_path), "NetworkPolicy")["spec"]
+
+    assert policy["policyTypes"] == ["Ingress"]
+    assert policy["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}], "from": [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}]
+
+
+def test_an_empty_metrics_allow_list_lets_nobody_scrape(helm_bin, tmp_path):
+    policy = only(render(helm_bin, tmp_path, {"networkPolicy": {"metrics": {"from": []}}}), "NetworkPolicy")["spec"]
+
+    assert policy["policyTypes"] == ["Ingress"] and policy["ingress"] == []
+
+
+def test_the_admission_policy_confines_the_operators_configmap_writes_to_its_own_label(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path)
+    policy = only(docs, "ValidatingAdmissionPolicy")["spec"]
+    binding = only(docs, "ValidatingAdmissionPolicyBinding")["spec"]
+
+    assert policy["matchConditions"] == [{
+        "name": "the-operators-service-account",
+        "expression": f"request.userInfo.username == 'system:serviceaccount:{NAMESPACE}:servicekey-operator'"}]
+    assert policy["matchConstraints"]["resourceRules"][0]["resources"] == ["configmaps"]
+    assert {"CREATE", "UPDATE", "DELETE"} == set(policy["matchConstraints"]["resourceRules"][0]["operations"])
+    assert binding == {"policyName": "servicekey-operator-configmaps", "validationActions": ["Deny"]}
+    assert {doc["kind"] for doc in render(helm_bin, tmp_path, {"admissionPolicy": {"enabled": False}})}.isdisjoint(
+        {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"})
 
 
 def test_default_render_configures_the_operator_by_its_environment_contract(helm_bin, tmp_path):
@@ -449,7 +481,9 @@ def test_probes_check_kopf_health_endpoint_and_resources_are_set(helm_bin, tmp_p
     assert ports == {"metrics": 8080, "health": 8081}
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
-    assert set(container["resources"]) == {"requests", "limits"}
+    # Sized from bench/ (docs/benchmarks.md): about 300 MiB at 10,000 keys.
+    assert container["resources"] == {"requests": {"cpu": "100m", "memory": "256Mi"},
+                                      "limits": {"cpu": "1", "memory": "512Mi"}}
     service = only(docs, "Service")
     assert service["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics",
                                          "protocol": "TCP"}]

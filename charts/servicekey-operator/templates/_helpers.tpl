@@ -130,37 +130,35 @@ live in Vault only, and the user Secrets the pod mounts (CA bundle, AppRole, tok
 the kubelet, which needs no RBAC from the operator.
 */}}
 {{- define "servicekey-operator.rules.serving" -}}
-# The ServiceKey custom resource: watch it, and patch it for kopf's finalizer and progress annotations.
+# The ServiceKey custom resource: list and watch it, and patch it for kopf's finalizer and progress annotations.
 - apiGroups: ["servicekey.io"]
   resources: ["servicekeys"]
-  verbs: ["get", "list", "watch", "patch", "update"]
-# Its status: observedGeneration, keyId, conditions, ...
+  verbs: ["list", "watch", "patch"]
+# Its status: observedGeneration, keyId, conditions, ... (merge patches only).
 - apiGroups: ["servicekey.io"]
   resources: ["servicekeys/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 # Setting the ServiceKey as blockOwnerDeletion owner of its ConfigMaps (OwnerReferencesPermissionEnforcement).
 - apiGroups: ["servicekey.io"]
   resources: ["servicekeys/finalizers"]
   verbs: ["update"]
 {{ include "servicekey-operator.rules.publishing" . }}
-# Events about ServiceKeys: kopf posts core/v1 Events; events.k8s.io/v1 for the newer API.
+# Events about ServiceKeys: kopf posts core/v1 Events (it never updates one).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end }}
 
 {{/*
 RBAC rules for writing the public-key ConfigMaps (public.pem, jwks.json, kid) into a namespace.
 */}}
 {{- define "servicekey-operator.rules.publishing" -}}
-# The public-key ConfigMaps: create and keep them equal to what Vault holds; delete the published
-# copies that a ServiceKey no longer targets.
+# The public-key ConfigMaps: create and keep them equal to what Vault holds (whole updates, never patches);
+# delete the published copies that a ServiceKey no longer targets. RBAC cannot narrow this to our own
+# ConfigMaps; the chart's ValidatingAdmissionPolicy (admissionPolicy.enabled) does.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "update", "delete"]
 {{- end }}
 
 {{/*
@@ -174,7 +172,7 @@ RBAC rules that only exist cluster-wide, whatever the watched namespaces.
 # CRDs: kopf's resource scanning (it waits for servicekeys.servicekey.io and the peering CRDs).
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 {{- end }}
 
 {{/*
@@ -186,5 +184,5 @@ its peers, and patches its own keep-alive into their status.
 # kopf peering: see the other replicas and publish this one's keep-alive (only one replica is active).
 - apiGroups: ["kopf.dev"]
   resources: [{{ $resource | quote }}]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 {{- end }}

@@ -20,6 +20,14 @@ from servicekey_operator.devcluster.pki import DevCertificateAuthority, write_se
 from servicekey_operator.devcluster.process import ManagedProcess, free_port
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+# The audit log records what ServiceAccounts of this namespace do (the chart's release namespace): the
+# least-privilege test compares the operator's calls with the chart's RBAC. Everything else stays unlogged.
+AUDITED_NAMESPACE = "servicekey-system"
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+    "rules": [{"level": "Metadata", "userGroups": [f"system:serviceaccounts:{AUDITED_NAMESPACE}"]},
+              {"level": "None"}],
+}
 CONTROLLERS = ("garbage-collector-controller", "namespace-controller", "serviceaccount-controller",
                "serviceaccount-token-controller")
 
@@ -65,6 +73,9 @@ class KubernetesControlPlane:
         self.apiserver_port = free_port()
         self.controller_manager_port = free_port()
         self.server = f"https://127.0.0.1:{self.apiserver_port}"
+        self.audit_log = workdir / "audit.log"
+        self.audit_policy = workdir / "audit-policy.yaml"
+        self.audit_policy.write_text(yaml.safe_dump(AUDIT_POLICY))
         self.kubeconfig = write_kubeconfig(workdir / "admin.kubeconfig", self.server, self.ca.cert_path,
                                            client_cert=self.admin.cert, client_key=self.admin.key)
         self.etcd = ManagedProcess("etcd", self._etcd_argv(), workdir / "etcd.log")
@@ -100,6 +111,11 @@ class KubernetesControlPlane:
             f"--service-account-key-file={self.sa_public_key}",
             f"--service-account-signing-key-file={self.sa_private_key}",
             "--service-cluster-ip-range=10.96.0.0/16",
+            # As on OpenShift and other hardened clusters: setting blockOwnerDeletion needs the right to
+            # update the owner's finalizers, which the chart grants for the ConfigMaps' owner references.
+            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
+            f"--audit-policy-file={self.audit_policy}", f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
             f"--cert-dir={self.pki_dir / 'apiserver-generated'}",
             "--profiling=false", "--v=1",
         ]

@@ -43,8 +43,10 @@ class OpenBaoServer:
 
     def __init__(self, bao_binary: Path, workdir: Path, *, persistent: bool = False, tls: bool = False,
                  tls_dns_names: Sequence[str] = ("localhost",), tls_ip_addresses: Sequence[str] = ("127.0.0.1",),
-                 tls_require_client_cert: bool = False) -> None:
+                 tls_require_client_cert: bool = False, audit_log: Path | None = None) -> None:
         self.bao_binary = bao_binary
+        # OpenBao takes audit devices only from its configuration file ("declarative"), not through the API.
+        self.audit_log = audit_log
         self.workdir = workdir
         self.persistent = persistent
         self.tls = tls
@@ -86,16 +88,29 @@ listener "tcp" {{
 {client_auth}}}
 """
 
+    def _audit_stanza(self) -> str:
+        if self.audit_log is None:
+            return ""
+        return f"""
+audit "file" "to-file" {{
+  options {{
+    file_path = "{self.audit_log}"
+  }}
+}}
+"""
+
     def _argv(self) -> list[str]:
-        if not self.persistent and self.tls:
-            # -dev keeps its plain listener (on the admin port); the config file adds the TLS one.
-            config = self.workdir / "openbao-tls.hcl"
-            config.write_text(self._tls_listener())
-            return [str(self.bao_binary), "server", "-dev", f"-dev-root-token-id={DEV_ROOT_TOKEN}",
-                    f"-dev-listen-address=127.0.0.1:{self.admin_port}", "-dev-no-store-token", f"-config={config}"]
         if not self.persistent:
-            return [str(self.bao_binary), "server", "-dev", f"-dev-root-token-id={DEV_ROOT_TOKEN}",
-                    f"-dev-listen-address=127.0.0.1:{self.port}", "-dev-no-store-token"]
+            # -dev keeps its plain listener (on the admin port with TLS); a config file adds the TLS listener
+            # and the audit device.
+            argv = [str(self.bao_binary), "server", "-dev", f"-dev-root-token-id={DEV_ROOT_TOKEN}",
+                    f"-dev-listen-address=127.0.0.1:{self.admin_port}", "-dev-no-store-token"]
+            extra = (self._tls_listener() if self.tls else "") + self._audit_stanza()
+            if extra:
+                config = self.workdir / "openbao-dev.hcl"
+                config.write_text(extra)
+                argv.append(f"-config={config}")
+            return argv
         cluster_port = free_port()
         (self.workdir / "raft").mkdir(exist_ok=True)
         # With TLS the test listener is the TLS one and a plain one serves the harness on the admin port.
@@ -115,6 +130,7 @@ listener "tcp" {{
   cluster_address = "127.0.0.1:{cluster_port}"
   tls_disable = true
 }}
+{self._audit_stanza()}
 api_addr = "{self.addr}"
 cluster_addr = "{"https" if self.tls else "http"}://127.0.0.1:{cluster_port}"
 disable_mlock = true
@@ -263,7 +279,7 @@ disable_mlock = true
         """
         data: dict[str, Any] = {"bound_service_account_names": list(service_accounts),
                                 "bound_service_account_namespaces": list(namespaces),
-                                "token_policies": list(policies)}
+                                "token_policies": list(policies), "token_no_default_policy": True}
         if audience:
             data["audience"] = audience
         if token_ttl:
@@ -276,7 +292,7 @@ disable_mlock = true
                        token_max_ttl: str | None = None, mount: str = "approle") -> tuple[str, str]:
         """Enable AppRole at ``mount`` (if needed), create the role, return (role_id, a new secret_id)."""
         self._enable_auth("approle", mount)
-        data: dict[str, Any] = {"token_policies": list(policies)}
+        data: dict[str, Any] = {"token_policies": list(policies), "token_no_default_policy": True}
         if token_ttl:
             data["token_ttl"] = token_ttl
         if token_max_ttl:
