@@ -29,8 +29,9 @@ path "secret/metadata/servicekeys/*" {
 
 # ---------------------------------------------------------------------------------------------------
 # Transit (spec.vault.engine: transit). Non-exportable keys named <prefix>.<namespace>.<name>.<type>
-# (the Vault path with '/' turned into '.', '.' and '_' escaped, plus the key type, e.g.
-# servicekeys.payments.signing.ecdsa-p256); their record (history, rotation requests, ownership) is the KV
+# (the Vault path with '/' turned into '.', '.' and '_' escaped as '_d' and '_u', plus the key type, e.g.
+# servicekeys.payments.signing.ecdsa-p256; a vault.pathPrefix with '.' or '_' is escaped the same way, so
+# write the glob below from the escaped prefix); their record (history, rotation requests, ownership) is the KV
 # secret above. The operator creates a key (an update of transit/keys/<key>: Transit has no separate
 # create), reads its public keys and versions, deletes it, and updates transit/keys/<key>/rotate (a new
 # version) and transit/keys/<key>/config (min_decryption_version for retainPrevious, deletion_allowed before

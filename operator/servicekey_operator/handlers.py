@@ -94,8 +94,8 @@ def slim_body(body: Mapping[str, Any]) -> dict[str, Any]:
     """What a pass and its Events need of a ServiceKey, without managedFields and other annotations, and with
     the rotate request as its digest (the annotation may hold 256 KiB, kept once per key otherwise)."""
     meta = body["metadata"]
-    kept_meta = {name: meta[name] for name in ("name", "namespace", "uid", "generation", "creationTimestamp",
-                                               "deletionTimestamp") if name in meta}
+    kept_meta = {name: meta[name] for name in ("name", "namespace", "uid", "generation", "deletionTimestamp")
+                 if name in meta}
     annotations = meta.get("annotations") or {}
     kept_meta["annotations"] = {name: value for name, value in (
         (ROTATE_ANNOTATION, rotate_request_digest(annotations.get(ROTATE_ANNOTATION))),
@@ -207,9 +207,7 @@ def _desired(state: OperatorState, body: Mapping[str, Any]) -> DesiredKey:
 async def _owner(state: OperatorState, body: Mapping[str, Any]) -> Owner:
     """Who the pass works for, with the uid of the namespace incarnation the ServiceKey lives in."""
     meta = body["metadata"]
-    created = meta.get("creationTimestamp")
-    namespace_uid = await asyncio.to_thread(state.kube.namespace_uid, meta["namespace"],
-                                            parse_time(created) if created else None)
+    namespace_uid = await asyncio.to_thread(state.kube.namespace_uid, meta["namespace"], meta["uid"])
     return Owner(meta["namespace"], meta["name"], namespace_uid, meta["uid"])
 
 
@@ -327,12 +325,14 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     passes_in_flight = asyncio.Semaphore(CONCURRENT_PASSES)
     kube = KubeGateway(api_client())
     connection = VaultConnection(config.vault)
+    bodies: dict[ObjectKey, dict[str, Any]] = {}
     reconciler = Reconciler(KvKeyStore(connection), TransitKeys(connection), kube,
-                            _rsa_outside_the_pass_limit(keygen, passes_in_flight), logger)
+                            _rsa_outside_the_pass_limit(keygen, passes_in_flight), logger,
+                            names_taken_in=functools.partial(_configmap_names_in, bodies))
     gate = PeeringGate(functools.partial(kube.peering_keepalives, namespaces=config.watch_namespaces),
                        config.peering, memo.peering_identity, memo.peering_priority)
     memo.state = OperatorState(config=config, reconciler=reconciler, kube=kube, keygen=keygen,
-                               passes_in_flight=passes_in_flight, gate=gate, settings=settings)
+                               passes_in_flight=passes_in_flight, gate=gate, settings=settings, bodies=bodies)
     metrics.serve(config.metrics_port)
     logger.info(f"servicekey-operator configured: Vault {config.vault.addr} ({config.vault.auth_method} auth), "
                 f"KV mount {config.kv_mount}, prefix {config.path_prefix}")
@@ -363,6 +363,7 @@ async def servicekey_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.M
     key: ObjectKey = (meta["namespace"], meta["name"])
     if event["type"] == "DELETED":
         state.bodies.pop(key, None)
+        state.kube.forget_servicekey(meta["uid"])
         return
     state.bodies[key] = slim_body(body)
     if meta.get("deletionTimestamp"):
@@ -448,6 +449,21 @@ async def finalize_servicekey(body: kopf.Body, memo: kopf.Memo, logger: logging.
         state.forget(key)
 
 
+def _configmap_name(key: ObjectKey, body: Mapping[str, Any]) -> str:
+    return ((body.get("spec") or {}).get("publicKey") or {}).get("configMapName") or f"{key[1]}-public"
+
+
+def _keys_publishing(bodies: Mapping[ObjectKey, Mapping[str, Any]], namespace: str, name: str) -> list[ObjectKey]:
+    """The ServiceKeys of ``namespace`` that publish their own key under the ConfigMap name ``name``."""
+    return [key for key, body in list(bodies.items()) if key[0] == namespace and _configmap_name(key, body) == name]
+
+
+def _configmap_names_in(bodies: Mapping[ObjectKey, Mapping[str, Any]], namespace: str) -> set[str]:
+    """The ConfigMap names the ServiceKeys of ``namespace`` publish their own keys under (see ``Reconciler``).
+    Called from a worker thread: the snapshot of the items is taken under the GIL in one step."""
+    return {_configmap_name(key, body) for key, body in list(bodies.items()) if key[0] == namespace}
+
+
 def _namespace_facts(namespace: Mapping[str, Any]) -> NamespaceFacts:
     meta = namespace["metadata"]
     return (meta.get("uid", ""), tuple(sorted((meta.get("labels") or {}).items())),
@@ -469,11 +485,9 @@ async def namespace_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> 
     before = state.namespaces.get(name)
     if event["type"] == "DELETED":
         state.namespaces.pop(name, None)
-        state.kube.forget_namespace(name)
         after = None
     else:
         after = state.namespaces[name] = _namespace_facts(namespace)
-        state.kube.forget_namespace(name, after[0])
     if event["type"] is None or before == after:  # the initial listing: every key runs its own first pass anyway
         return
     labels_before = dict(before[1]) if before else None
@@ -501,15 +515,17 @@ async def repair_configmap(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> N
                 pass
         if state.kube.wrote(metadata["namespace"], metadata["name"], metadata["resourceVersion"]):
             return  # our own write coming back
+    copy = key[0] != metadata["namespace"]
+    body = state.bodies.get(key)
+    # A copy's labels are the target tenant's to forge: only one naming the key's uid may cost that key a pass.
+    if body is not None and copy and labels.get(publish.OWNER_UID_LABEL) != body["metadata"].get("uid"):
+        body = None
     if event["type"] in ("DELETED", "MODIFIED"):
         # A key not seen yet must not be trusted on the strength of the listed version (see ``resume``).
         state.listed_configmaps.pop((metadata["namespace"], metadata["name"]), None)
-        if key in state.bodies:
+        if body is not None:
             state.scheduler.schedule(key, _now())
-    if event["type"] == "DELETED" and key[0] != metadata["namespace"]:
+    if event["type"] == "DELETED" and copy:
         # A withdrawn copy frees the name for the key of that namespace that publishes under it.
-        for other, body in list(state.bodies.items()):
-            public_key = (body.get("spec") or {}).get("publicKey") or {}
-            if other[0] == metadata["namespace"] and \
-                    (public_key.get("configMapName") or f"{other[1]}-public") == metadata["name"]:
-                state.scheduler.schedule(other, _now())
+        for other in _keys_publishing(state.bodies, metadata["namespace"], metadata["name"]):
+            state.scheduler.schedule(other, _now())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
 import functools
 import json
 from collections.abc import Iterator
@@ -34,9 +33,6 @@ class NamespaceUnavailable(ServiceKeyError):
 
 # Objects per page when listing many: a page of ConfigMaps or ServiceKeys is a few MiB decoded.
 LIST_PAGE_SIZE = 500
-# A cached namespace uid is trusted for a ServiceKey only if it was read this long after the ServiceKey was
-# created (creation times have whole seconds, and the clocks of operator and API server may differ a little).
-NAMESPACE_UID_MARGIN = datetime.timedelta(seconds=5)
 
 
 @contextlib.contextmanager
@@ -89,8 +85,8 @@ class KubeGateway:
         # The resourceVersion of each ConfigMap as we last wrote it, so the drift watch can tell our own
         # writes coming back from someone else's edits.
         self._written: dict[tuple[str, str], str] = {}
-        # Namespace name -> (uid, when it was read): see ``namespace_uid``.
-        self._namespace_uids: dict[str, tuple[str, datetime.datetime]] = {}
+        # ServiceKey uid -> the uid of its namespace: see ``namespace_uid``.
+        self._namespace_uids: dict[str, str] = {}
 
     def wrote(self, namespace: str, name: str, resource_version: str) -> bool:
         """Whether this ConfigMap version is the one our last write produced."""
@@ -168,21 +164,6 @@ class KubeGateway:
                 if missing.status != 404:
                     raise
 
-    def configmap_names_of_servicekeys(self, namespace: str) -> set[str]:
-        """The ConfigMap names the ServiceKeys of ``namespace`` publish their own keys under (whether or not those
-        ConfigMaps exist right now). Empty when this operator may not list ServiceKeys there (a namespace it
-        only publishes into), whose keys it does not serve either."""
-        with kube_call("list_servicekeys", f"listing ServiceKeys in {namespace}"):
-            try:
-                reply = self.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "servicekeys",
-                                                                  _preload_content=False)
-            except ApiException as forbidden:
-                if forbidden.status == 403:
-                    return set()
-                raise
-        return {((item.get("spec") or {}).get("publicKey") or {}).get("configMapName")
-                or f"{item['metadata']['name']}-public" for item in _json(reply)["items"]}
-
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Merge-patch the ServiceKey's status subresource."""
         with kube_call("patch_status", f"patching status of ServiceKey {namespace}/{name}"):
@@ -227,27 +208,23 @@ class KubeGateway:
                 raise
         return _json(reply)
 
-    def namespace_uid(self, name: str, created_at: datetime.datetime | None = None) -> str:
-        """The uid of the namespace ``name``, which tells its incarnations apart (a namespace deleted and
-        created again is another tenant's); raises NamespaceUnavailable when it does not exist.
+    def namespace_uid(self, namespace: str, servicekey_uid: str) -> str:
+        """The uid of the namespace the ServiceKey ``servicekey_uid`` lives in, which tells the namespace's
+        incarnations apart (a namespace deleted and created again is another tenant's); raises
+        NamespaceUnavailable when it does not exist.
 
-        A uid read from the API server is reused for ServiceKeys ``created_at`` well before it was read:
-        one created later may live in a namespace that was re-created meanwhile, so it gets a fresh read.
-        Watch events only ever take entries out (``forget_namespace``), never put a possibly late one in.
+        Read once per ServiceKey and kept by its uid: a ServiceKey never moves to another incarnation of its
+        namespace, so no later event, clock or cache age can make the answer wrong.
         """
-        cached = self._namespace_uids.get(name)
-        if cached and created_at is not None and cached[1] > created_at + NAMESPACE_UID_MARGIN:
-            return cached[0]
-        namespace = self.read_namespace(name)
-        if namespace is None:
-            raise NamespaceUnavailable(f"namespace {name} does not exist")
-        uid = namespace["metadata"]["uid"]
-        self._namespace_uids[name] = (uid, datetime.datetime.now(datetime.UTC))
+        cached = self._namespace_uids.get(servicekey_uid)
+        if cached is not None:
+            return cached
+        found = self.read_namespace(namespace)
+        if found is None:
+            raise NamespaceUnavailable(f"namespace {namespace} does not exist")
+        self._namespace_uids[servicekey_uid] = uid = found["metadata"]["uid"]
         return uid
 
-    def forget_namespace(self, name: str, uid: str | None = None) -> None:
-        """Drop the cached uid of ``name`` (when it differs from ``uid``, if given): the namespace went, or
-        is another incarnation than the one cached."""
-        cached = self._namespace_uids.get(name)
-        if cached and (uid is None or cached[0] != uid):
-            del self._namespace_uids[name]
+    def forget_servicekey(self, servicekey_uid: str) -> None:
+        """Drop what is kept for a ServiceKey that is gone."""
+        self._namespace_uids.pop(servicekey_uid, None)

@@ -21,7 +21,7 @@ from servicekey_operator.errors import ConfigMapConflict, VaultPathConflict, Vau
 from servicekey_operator.faults import crash_point
 from servicekey_operator.keys import KeyPair
 from servicekey_operator.kubeapi import KubeGateway, NamespaceUnavailable
-from servicekey_operator.spec import DesiredKey
+from servicekey_operator.spec import DesiredKey, rotate_request_digest
 from servicekey_operator.vault.kv import KvKeyStore
 from servicekey_operator.vault.ownership import Owner
 from servicekey_operator.vault.records import (
@@ -31,6 +31,7 @@ from servicekey_operator.vault.records import (
     TransitClaim,
     TransitRef,
     adoption,
+    metadata_owner,
     record_metadata,
 )
 from servicekey_operator.vault.transit import TransitKeys, transit_key_name, transit_key_type, transit_name
@@ -95,7 +96,9 @@ def _trigger(desired: DesiredKey, history: KeyHistory, now: datetime.datetime) -
     assert current is not None
     if _spec_of(current) != (desired.engine, desired.algorithm, desired.key_size):
         return "SpecChanged"
-    if desired.rotate_request is not None and desired.rotate_request != current.rotate_annotation:
+    # Digested again: a value recorded before records held digests compares as what it asked for.
+    answered = rotate_request_digest(current.rotate_annotation)
+    if desired.rotate_request is not None and desired.rotate_request != answered:
         return "Requested"
     stage_at = next_pass_time(desired, history)
     if stage_at is not None and now >= stage_at:
@@ -192,12 +195,16 @@ class Reconciler:
     """Carries out decisions for ServiceKeys against one key store and one Kubernetes API."""
 
     def __init__(self, store: KvKeyStore, transit: TransitKeys, kube: KubeGateway, keygen: Keygen,
-                 logger: logging.Logger | None = None) -> None:
+                 logger: logging.Logger | None = None,
+                 names_taken_in: Callable[[str], set[str]] = lambda _namespace: set()) -> None:
+        """``names_taken_in(namespace)``: the ConfigMap names that namespace's own ServiceKeys publish under,
+        which no copy from elsewhere may take (from the operator's watch, not a listing per pass)."""
         self.store = store
         self.transit = transit
         self.kube = kube
         self.keygen = keygen
         self.logger = logger or logging.getLogger(__name__)
+        self.names_taken_in = names_taken_in
 
     async def reconcile(self, desired: DesiredKey, owner: Owner, now: datetime.datetime, *,
                         published_kid: str | None = None, expect_copies: bool = False,
@@ -240,7 +247,7 @@ class Reconciler:
             # Not even while a target's own ServiceKey has no ConfigMap yet (or lost it): a copy never takes the
             # name under which that namespace's verifiers expect its own key.
             if (existing is not None and not publish.is_ours(existing, desired)) \
-                    or desired.configmap_name in self.kube.configmap_names_of_servicekeys(namespace):
+                    or desired.configmap_name in self.names_taken_in(namespace):
                 refused.append(publish.Refusal(namespace, "ConfigMapConflict"))
                 continue
             try:
@@ -299,18 +306,24 @@ class Reconciler:
                 # names decide.
                 self.logger.info(f"check-and-set lost a race at {desired.vault_path}; re-reading")
                 continue
-            await asyncio.to_thread(self._mirror_metadata, desired, owner, outcome.history)
+            # A new Transit key's claim went into the metadata before any version existed, where a ServiceKey
+            # racing for the same path (and losing the check-and-set) may have overwritten it since: read it back.
+            reread = history.owner is None and desired.engine == "transit"
+            await asyncio.to_thread(self._mirror_metadata, desired, owner, outcome.history, reread)
             return outcome
         raise VaultWriteConflict(f"{desired.vault_path}: check-and-set kept failing; will retry")
 
-    def _mirror_metadata(self, desired: DesiredKey, owner: Owner, history: KeyHistory) -> None:
+    def _mirror_metadata(self, desired: DesiredKey, owner: Owner, history: KeyHistory, reread: bool) -> None:
         """Write the secret's custom_metadata if it does not say what the record proves (a new key, a
-        re-created or adopting ServiceKey, a changed deletionPolicy); a healthy key writes nothing."""
+        re-created or adopting ServiceKey, a changed deletionPolicy); a healthy key writes nothing.
+        ``reread``: compare with the metadata as Vault holds it now, not as this pass read or wrote it."""
         if history.owner != owner.ref:
             return
         wanted = record_metadata(owner, desired.deletion_policy, history.transit_claims,
                                  adoption(history, owner.namespace_uid))
-        if wanted != dict(history.metadata):
+        current = self.store.custom_metadata(desired.record_mount, desired.vault_path) if reread \
+            else dict(history.metadata)
+        if wanted != current:
             self.store.write_metadata(desired.record_mount, desired.vault_path, wanted)
 
     async def _carry_out(self, desired: DesiredKey, owner: Owner, history: KeyHistory, decision: KeyDecision,
@@ -443,7 +456,9 @@ class Reconciler:
         events = []
         for claim in sorted(history.transit_claims):
             self.transit.delete(claim.mount, transit_name(path, claim.key_type))
-        adopted = {desired.adopt_namespace_uid, history.metadata.get(ADOPTED_NAMESPACE_UID_METADATA_KEY)}
+        adopted = {desired.adopt_namespace_uid}
+        if metadata_owner(history.metadata).ref == owner.ref:  # an adoption the operator recorded for this owner
+            adopted.add(history.metadata.get(ADOPTED_NAMESPACE_UID_METADATA_KEY))
         try:
             if self.store.read_pending(mount, path, owner, adopted) is not None:
                 self.store.delete_pending(mount, path)

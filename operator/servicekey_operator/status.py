@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from servicekey_operator.publish import Refusal
-from servicekey_operator.spec import DesiredKey
+from servicekey_operator.spec import DesiredKey, rotate_request_digest
 from servicekey_operator.vault.records import KeyHistory
 from servicekey_operator.vault.transit import transit_key_name
 
@@ -68,7 +68,7 @@ def ready_status(desired: DesiredKey, history: KeyHistory, next_rotation: dateti
         "nextRotationTime": rfc3339(next_rotation) if next_rotation else None,
         "configMapName": desired.configmap_name,
         "configMapResourceVersion": configmap_version,
-        "observedRotateRequest": current.rotate_annotation,
+        "observedRotateRequest": rotate_request_digest(current.rotate_annotation),
         "vaultPath": vault_location(desired),
         "pendingKeyId": pending.kid if pending else None,
         "publishedNamespaces": list(published_namespaces) or None,

@@ -10,7 +10,9 @@ in its ServiceKey's record.
 from __future__ import annotations
 
 import concurrent.futures
+import time
 import uuid
+from collections.abc import Callable
 
 import hvac
 import kubernetes.client
@@ -19,7 +21,7 @@ from kubernetes.client.rest import ApiException
 
 from servicekey_operator.devcluster.environment import DevEnvironment
 from servicekey_operator.devcluster.operator_process import OperatorProcess
-from tests.support import MakeNamespace, ServiceKeys, ready_condition, wait_for
+from tests.support import MakeNamespace, ServiceKeys, metric_samples, metric_value, ready_condition, wait_for
 
 pytestmark = pytest.mark.integration
 ADOPT = "servicekey.io/adopt-namespace-uid"
@@ -265,3 +267,27 @@ def test_status_names_only_namespaces_listed_by_the_author_or_that_accepted(oper
          {"namespace": "no-such-namespace", "reason": "NotAccepted"}], key=lambda refusal: refusal["namespace"])
     told = " ".join(message for _, _, message in servicekeys.events("shared"))
     assert silent not in told and silent not in str(status)
+
+
+# --- 6. One tenant cannot make another's keys cost passes ----------------------------------------------
+
+
+def test_a_forged_copy_in_a_tenants_own_namespace_costs_the_named_key_no_pass(
+        start_operator: Callable[..., OperatorProcess], make_namespace: MakeNamespace,
+        kube_client: kubernetes.client.ApiClient, dev_env: DevEnvironment, core_api: kubernetes.client.CoreV1Api):
+    victim, attacker = make_namespace(), make_namespace()
+    operator = start_operator(SERVICEKEY_WATCH_NAMESPACES=f"{victim},{attacker}")
+    in_victim = _in(victim, kube_client, dev_env)
+    in_victim.create("signing", {"algorithm": "ES256"})
+    in_victim.wait_ready("signing")
+    passes = metric_value(metric_samples(operator), "servicekey_reconcile_duration_seconds_count")
+    forged = {"app.kubernetes.io/managed-by": "servicekey-operator", "servicekey.io/name": "signing",
+              "servicekey.io/source-namespace": victim, "servicekey.io/owner-uid": "not-the-victims"}
+
+    core_api.create_namespaced_config_map(attacker, {"metadata": {"name": "bait", "labels": forged}})
+    for round_ in range(5):
+        core_api.patch_namespaced_config_map("bait", attacker, {"data": {"round": str(round_)}})
+    core_api.delete_namespaced_config_map("bait", attacker)
+    time.sleep(3)  # an absence: long enough for the passes those events used to start
+
+    assert metric_value(metric_samples(operator), "servicekey_reconcile_duration_seconds_count") == passes

@@ -47,7 +47,7 @@ class RecordingReconciler:
 class NamespaceUids:
     """The one Kubernetes call a pass makes before the reconciler: the namespace's uid."""
 
-    def namespace_uid(self, namespace: str, created_at: Any = None) -> str:
+    def namespace_uid(self, namespace: str, servicekey_uid: str) -> str:
         return f"uid-of-{namespace}"
 
 
@@ -188,7 +188,6 @@ def test_the_slim_body_keeps_what_a_pass_needs_and_drops_the_rest():
     digest = rotate_request_digest("r" * 200_000)
     assert slim == {"apiVersion": "servicekey.io/v1alpha1", "kind": "ServiceKey",
                     "metadata": {"namespace": "team", "name": "signer", "uid": "u1", "generation": 3,
-                                 "creationTimestamp": "2026-01-01T00:00:00Z",
                                  "annotations": {"servicekey.io/rotate": digest,
                                                  "servicekey.io/adopt-namespace-uid": "old-uid"}},
                     "spec": {"algorithm": "ES256"}, "status": {"keyId": "k1"}}

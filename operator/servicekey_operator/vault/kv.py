@@ -186,6 +186,10 @@ class KvKeyStore:
                      f"{mount}/{pending_path(path)} (this ServiceKey's pending key)")
         return dataclasses.replace(_stored_key(0, data), pending_revision=int(reply["data"]["metadata"]["version"]))
 
+    def custom_metadata(self, mount: str, path: str) -> dict[str, str]:
+        """The secret's custom_metadata as Vault holds it now (empty when there is none)."""
+        return dict(((self._metadata(mount, path) or {}).get("custom_metadata")) or {})
+
     def write_metadata(self, mount: str, path: str, custom_metadata: dict[str, str]) -> None:
         """Replace the secret's custom_metadata (see ``records.record_metadata``)."""
         with vault_call("write_metadata", f"writing the metadata of {mount}/{path}"):
