@@ -118,6 +118,10 @@ def decide_key(desired: DesiredKey, history: KeyHistory, published_kids: frozens
     current, pending = history.current, history.pending
     if current is None:
         return KeyDecision(KeyAction.WRITE, "Created")
+    answered = {rotate_request_digest(key.rotate_annotation) for key in (current, pending) if key is not None}
+    if desired.emergency and desired.rotate_request not in answered:
+        # A compromised key signs nothing more, now: no publishAhead, and a staged key is replaced too.
+        return KeyDecision(KeyAction.WRITE, "Emergency")
     if pending is not None:
         if pending.kid == current.kid:
             return KeyDecision(KeyAction.CLEAR_PENDING, "Rotating")

@@ -7,6 +7,7 @@ depend on the operator's configuration and raises InvalidSpec for what the schem
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,7 +22,15 @@ ROTATE_ANNOTATION = "servicekey.io/rotate"
 # A key rotated more often than verifiers refresh what they hold (a mounted ConfigMap: about a minute; a
 # JWKS cache: minutes) is retired before they have it. The CRD enforces the same floor at admission.
 MIN_ROTATION_PERIOD_SECONDS = 60.0
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+# A pod that mounts the ConfigMap sees a change at the kubelet's next sync of the pod: at most 90 s with the
+# default syncFrequency (1m, jittered by up to half); measured 11-73 s on a real node while the operator pod was
+# killed and the container runtime restarted (tests/e2e/test_node.py; docs/benchmarks.md). 3m is twice the
+# kubelet's bound.
+DEFAULT_PUBLISH_AHEAD_SECONDS = 180.0
+# A rotate request whose value starts with this takes effect at once, whatever publishAhead says: the key it
+# replaces signs nothing more (verifiers that do not have the new key yet reject its tokens meanwhile).
+EMERGENCY_PREFIX = "emergency:"
+_DIGEST = re.compile(rf"^({EMERGENCY_PREFIX})?sha256:[0-9a-f]{{64}}$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 # Vault's built-in mounts: cubbyhole would silently accept (and keep, per token) whatever is written.
@@ -31,11 +40,12 @@ _PATH_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
 
 def rotate_request_digest(request: str | None) -> str | None:
     """How a rotate request is kept in memory, in Vault and in status: its SHA-256 (the annotation may be
-    256 KiB). Idempotent: a value that already is such a digest is returned as it is, and so is an empty one
-    (which asks for nothing)."""
+    256 KiB), marked ``emergency:`` when the request is one. Idempotent: a value that already is such a digest
+    is returned as it is, and so is an empty one (which asks for nothing)."""
     if not request or _DIGEST.match(request):
         return request
-    return "sha256:" + hashlib.sha256(request.encode()).hexdigest()
+    marker = EMERGENCY_PREFIX if request.startswith(EMERGENCY_PREFIX) else ""
+    return marker + "sha256:" + hashlib.sha256(request.encode()).hexdigest()
 
 
 def parse_duration_seconds(text: str) -> float:
@@ -102,6 +112,11 @@ class DesiredKey:
     # The earlier namespace (of the same name) whose Vault records this ServiceKey may adopt.
     adopt_namespace_uid: str | None = None
 
+    @property
+    def emergency(self) -> bool:
+        """The rotate request is an emergency: its key signs at once (``EMERGENCY_PREFIX``)."""
+        return bool(self.rotate_request and self.rotate_request.startswith(EMERGENCY_PREFIX))
+
 
 def desired_key(namespace: str, name: str, uid: str, spec: Mapping[str, Any],
                 annotations: Mapping[str, str], config: OperatorConfig) -> DesiredKey:
@@ -117,14 +132,19 @@ def desired_key(namespace: str, name: str, uid: str, spec: Mapping[str, Any],
     if period_seconds is not None and period_seconds < MIN_ROTATION_PERIOD_SECONDS:
         raise InvalidSpec(f"rotation.period {period!r} is shorter than 1m: verifiers would not have a key "
                           "before it is retired")
-    publish_ahead_seconds = parse_duration_seconds(rotation.get("publishAhead", "0s"))
+    vault = spec.get("vault") or {}
+    engine = vault.get("engine", "kv")
+    if rotation.get("publishAhead"):
+        publish_ahead_seconds = parse_duration_seconds(rotation["publishAhead"])
+    elif engine == "transit":
+        publish_ahead_seconds = 0.0  # Transit signs with a new version as soon as it exists
+    else:
+        publish_ahead_seconds = min(DEFAULT_PUBLISH_AHEAD_SECONDS, (period_seconds or math.inf) / 2)
     if period_seconds is not None and publish_ahead_seconds >= period_seconds:
         raise InvalidSpec("rotation.publishAhead must be shorter than rotation.period")
     retain_previous = int(rotation.get("retainPrevious", 1))
     if not 0 <= retain_previous <= 10:
         raise InvalidSpec(f"rotation.retainPrevious must be 0..10, got {retain_previous}")
-    vault = spec.get("vault") or {}
-    engine = vault.get("engine", "kv")
     default_mount = config.kv_mount if engine == "kv" else config.transit_mount
     mount = _vault_mount(vault["mount"]) if vault.get("mount") else default_mount
     path = _vault_path(vault.get("path") or f"{config.path_prefix}/{namespace}/{name}", "vault.path")

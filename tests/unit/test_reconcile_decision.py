@@ -19,7 +19,9 @@ NO_KEY = KeyHistory(None, 0, None)
 
 
 def _desired(spec: dict, annotations: dict | None = None):
-    return desired_key("ns", "sk", "uid-1", spec, annotations or {}, CONFIG)
+    """The ServiceKey, with rotation.publishAhead 0s unless the case sets it (the default stages; see below)."""
+    rotation = {"publishAhead": "0s", **(spec.get("rotation") or {})}
+    return desired_key("ns", "sk", "uid-1", {**spec, "rotation": rotation}, annotations or {}, CONFIG)
 
 
 def _key(kid: str = "kid-3", algorithm: str = "ES256", key_size: int | None = None, annotation: str | None = None,
@@ -99,3 +101,25 @@ def test_the_next_pass_comes_publish_ahead_before_the_tick_and_at_a_pending_acti
 
     assert next_pass_time(desired, _history()) == T0 + 58 * MINUTE
     assert next_pass_time(desired, _history(pending=STAGED)) == T0 + 2 * MINUTE
+
+
+def test_by_default_a_requested_key_is_staged_for_three_minutes():
+    desired = desired_key("ns", "sk", "uid-1", {"algorithm": "ES256"}, ROTATE_A, CONFIG)
+    decision = decide_key(desired, _history(), frozenset({"kid-3"}), T0)
+
+    assert desired.rotation.publish_ahead_seconds == 180
+    assert (decision.action, decision.reason) == (KeyAction.STAGE, "Requested")
+
+
+@pytest.mark.parametrize("history", [_history(), _history(pending=STAGED)], ids=["no-pending", "staged-key"])
+def test_an_emergency_request_writes_a_key_at_once_whatever_publish_ahead_and_a_staged_key_say(history):
+    emergency = {"servicekey.io/rotate": "emergency:leaked-2026-11-30"}
+    desired = desired_key("ns", "sk", "uid-1", {"algorithm": "ES256", "rotation": {"publishAhead": "10m"}},
+                          emergency, CONFIG)
+
+    decision = decide_key(desired, history, frozenset({"kid-3", "kid-4"}), T0)
+    answered = decide_key(desired, _history(annotation="emergency:leaked-2026-11-30"), frozenset({"kid-3"}), T0)
+
+    assert desired.emergency
+    assert (decision.action, decision.reason) == (KeyAction.WRITE, "Emergency")
+    assert (answered.action, answered.reason) == (KeyAction.KEEP, "UpToDate")

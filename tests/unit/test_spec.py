@@ -33,7 +33,20 @@ def test_defaults_follow_the_contract():
     assert desired.service_name == "signing"
     assert desired.deletion_policy == "Retain"
     assert (desired.rotation.period_seconds, desired.rotation.retain_previous,
-            desired.rotation.publish_ahead_seconds) == (None, 1, 0.0)
+            desired.rotation.publish_ahead_seconds) == (None, 1, 180.0)
+
+
+@pytest.mark.parametrize(("spec", "seconds"), [
+    ({}, 180.0),
+    ({"rotation": {"period": "720h"}}, 180.0),
+    ({"rotation": {"period": "5m"}}, 150.0),
+    ({"rotation": {"period": "1m"}}, 30.0),
+    ({"rotation": {"publishAhead": "0s"}}, 0.0),
+    ({"rotation": {"publishAhead": "2m"}}, 120.0),
+    ({"vault": {"engine": "transit"}}, 0.0),
+], ids=["default", "long-period", "short-period", "shortest-period", "opted-out", "explicit", "transit"])
+def test_publish_ahead_defaults_to_three_minutes_within_half_the_period(spec, seconds):
+    assert desired_key("ns", "name", "uid", spec, {}, CONFIG).rotation.publish_ahead_seconds == seconds
 
 
 @pytest.mark.parametrize(("spec", "message"), [
