@@ -19,7 +19,7 @@ import kubernetes.watch
 from kubernetes.client.rest import ApiException
 
 from bench.probes import Samples, by_label, metric, parse_prometheus
-from servicekey_operator.devcluster.environment import DevEnvironment
+from devcluster.environment import DevEnvironment
 
 GROUP, VERSION, PLURAL = "servicekey.io", "v1alpha1", "servicekeys"
 ROTATE_ANNOTATION = "servicekey.io/rotate"

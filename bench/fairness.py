@@ -23,7 +23,7 @@ from pathlib import Path
 from bench.cluster import GROUP, PLURAL, VERSION, Cluster, Watcher, ready_kid
 from bench.probes import load_average, say, summary
 from bench.run import RESULTS_DIR, Operator, machine, spec_for
-from servicekey_operator.devcluster.environment import DevEnvironment
+from devcluster.environment import DevEnvironment
 
 FLOOD_NAMESPACE = "tenant-flood"
 QUIET_NAMESPACE = "tenant-quiet"

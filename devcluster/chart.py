@@ -5,10 +5,13 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from servicekey_operator.devcluster.environment import REPO_ROOT, DevEnvironment
-from servicekey_operator.devcluster.kube import write_kubeconfig
+from devcluster.environment import REPO_ROOT, DevEnvironment
+from devcluster.kube import write_kubeconfig
+from devcluster.node import wait_for_deployment
 
 CHART_DIR = REPO_ROOT / "charts" / "servicekey-operator"
+OPERATOR_POLICY = REPO_ROOT / "deploy" / "vault" / "servicekey-operator-policy.hcl"
+VAULT_ROLE = "servicekey-operator"
 RELEASE = "servicekey-operator"
 RELEASE_NAMESPACE = "servicekey-system"
 
@@ -50,3 +53,25 @@ def service_account_kubeconfig(env: DevEnvironment, service_account: str, path: 
     """A kubeconfig that authenticates as the ServiceAccount with a TokenRequest token, not as admin."""
     token = env.kube.kubectl("create", "token", service_account, "-n", RELEASE_NAMESPACE, "--duration=2h").stdout
     return write_kubeconfig(path, env.kube.server, env.kube.ca.cert_path, token=token.strip(), user=service_account)
+
+
+def prepare_vault_for_the_chart(env: DevEnvironment) -> None:
+    """What the chart README tells an administrator to do in Vault: the shipped policy, kubernetes auth, and a
+    role for the chart's ServiceAccount that accepts only tokens projected for the audience ``vault``."""
+    env.vault.create_policy(VAULT_ROLE, OPERATOR_POLICY.read_text())
+    env.vault.enable_kubernetes_auth(env.kube)
+    env.vault.create_kubernetes_role(VAULT_ROLE, service_accounts=[RELEASE], namespaces=[RELEASE_NAMESPACE],
+                                     policies=[VAULT_ROLE], audience="vault", token_ttl="1h", token_max_ttl="4h")
+
+
+def install_operator_pod(env: DevEnvironment, *set_values: str, timeout: float = 180) -> None:
+    """``helm install`` the chart as a user would on the node: the image built from the Dockerfile
+    (``imagePullPolicy: Never``), kubernetes auth with the projected token, Vault at the node's address; wait
+    until the Deployment is available."""
+    image = env.node_images["operator"].ref
+    repository, tag = image.rsplit(":", 1)
+    prepare_vault_for_the_chart(env)
+    helm(env, "install", RELEASE, str(CHART_DIR), "--namespace", RELEASE_NAMESPACE, "--create-namespace",
+         "--set", f"image.repository={repository}", "--set", f"image.tag={tag}", "--set", "image.pullPolicy=Never",
+         "--set", f"vault.address={env.vault.pod_addr}", *(arg for value in set_values for arg in ("--set", value)))
+    wait_for_deployment(env.kube, RELEASE_NAMESPACE, RELEASE, timeout)

@@ -1,22 +1,20 @@
-"""``servicekey-operator dev build|up|demo``: the local environment by hand, and the README's demo."""
+"""``python3 -m devcluster build|up|demo``: the local environment by hand, and the README's demo."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import threading
 import time
 
-import yaml
+from devcluster.binaries import ensure_binaries, ensure_node_binaries
+from devcluster.chart import RELEASE_NAMESPACE, install_operator_pod
+from devcluster.environment import DevEnvironment
+from devcluster.examples import deploy_examples, manifests
 
-from servicekey_operator.devcluster.binaries import ensure_binaries
-from servicekey_operator.devcluster.chart import RELEASE_NAMESPACE, install_chart, service_account_kubeconfig
-from servicekey_operator.devcluster.environment import REPO_ROOT, DevEnvironment
-from servicekey_operator.devcluster.operator_process import OperatorProcess
-
-DEMO_MANIFEST = REPO_ROOT / "deploy" / "examples" / "servicekey-es256.yaml"
+# The key the example signer and verifier are written for.
+DEMO_MANIFEST = "servicekey-rs256.yaml"
 
 
 def _say(message: str) -> None:
@@ -43,55 +41,55 @@ def _up(env: DevEnvironment) -> None:
 
 
 def _demo(env: DevEnvironment) -> None:
-    import hvac
-    import jwt
-
     kubectl = env.kube.kubectl
-    manifest = yaml.safe_load(DEMO_MANIFEST.read_text())
-    name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
-    _say("helm install of the chart (CRDs, ServiceAccount, RBAC; no kubelet here, so the operator runs locally "
-         "with the chart's ServiceAccount identity)")
-    service_account = install_chart(env)
-    identity = service_account_kubeconfig(env, service_account, env.workdir / "operator.kubeconfig")
-    operator = OperatorProcess(dict(env.operator_env(), KUBECONFIG=str(identity)), env.workdir / "operator.log").start()
-    try:
-        _say(f"operator running as {RELEASE_NAMESPACE}/{service_account} (log: {operator.log_path})")
-        kubectl("create", "namespace", namespace)
-        kubectl("apply", "-f", str(DEMO_MANIFEST))
-        _say("waiting for the ServiceKey to be Ready")
-        kubectl("wait", "-n", namespace, "--for=condition=Ready", "--timeout=60s", f"servicekey/{name}")
-        print(kubectl("get", "sk", "-n", namespace).stdout)
-        configmap = kubectl("get", "sk", "-n", namespace, name, "-o", "jsonpath={.status.configMapName}").stdout
-        jwks_text = kubectl("get", "configmap", "-n", namespace, configmap,
-                            "-o", "jsonpath={.data.jwks\\.json}").stdout
-        _say(f"jwks.json from the ConfigMap {namespace}/{configmap}:")
-        print(jwks_text)
-        vault_path = kubectl("get", "sk", "-n", namespace, name, "-o", "jsonpath={.status.vaultPath}").stdout
-        mount, path = vault_path.split("/", 1)
-        secret = hvac.Client(url=env.vault.addr, token=env.vault.root_token).secrets.kv.v2.read_secret_version(
-            path=path, mount_point=mount, raise_on_deleted_version=True)["data"]["data"]
-        token = jwt.encode({"sub": "demo", "iat": int(time.time())}, secret["private_key"],
-                           algorithm=secret["algorithm"], headers={"kid": secret["kid"]})
-        _say(f"a JWT signed with the private key from Vault ({vault_path}):")
-        print(token)
-        jwk = jwt.PyJWKSet.from_dict(json.loads(jwks_text))[jwt.get_unverified_header(token)["kid"]]
-        claims = jwt.decode(token, jwk.key, algorithms=[secret["algorithm"]])
-        _say(f"verified with the published JWKS only: claims {claims}")
-        _say("Ctrl-C stops the operator, the cluster and OpenBao")
-        if sys.stdin.isatty():
-            _wait_for_interrupt()
-    finally:
-        operator.stop()
+    servicekey = manifests(DEMO_MANIFEST)[0]
+    name, namespace = servicekey["metadata"]["name"], servicekey["metadata"]["namespace"]
+    _say("starting the node: containerd, kubelet, kube-scheduler, kube-proxy (the first run builds the operator's "
+         "image and the examples' image without Docker)")
+    node = env.start_node()
+    _say(f"helm install of the chart: the operator as a pod from {env.node_images['operator'].ref}, logging in to "
+         "Vault with its projected ServiceAccount token (kubernetes auth, the shipped policy)")
+    install_operator_pod(env)
+    print(kubectl("get", "pods", "-n", RELEASE_NAMESPACE, "-o", "wide").stdout)
+    _say(f"kubectl apply -f deploy/examples/{DEMO_MANIFEST}, then the example verifier (mounts the ConfigMap) and "
+         "signer (reads its key from Vault with its own ServiceAccount) as pods")
+    pods = deploy_examples(env, namespace, name, servicekey)
+    print(kubectl("get", "sk", "-n", namespace, "-o", "wide").stdout)
+    print(kubectl("get", "pods", "-n", namespace, "-o", "wide").stdout)
+    configmap = kubectl("get", "sk", "-n", namespace, name, "-o", "jsonpath={.status.configMapName}").stdout
+    _say(f"jwks.json of the ConfigMap {namespace}/{configmap}, as the verifier pod reads it from its volume:")
+    print(kubectl("get", "configmap", "-n", namespace, configmap, "-o", "jsonpath={.data.jwks\\.json}").stdout)
+    time.sleep(3)  # let the signer's tally grow: a token every 100 ms
+    stats = pods.stats()
+    _say(f"the signer pod signed {stats['signed']} JWTs with the private key from Vault; the verifier pod accepted "
+         f"{stats['verified']} with the published JWKS and PyJWT, rejected {stats['failed']} "
+         f"(tokens per kid: {stats['kids']})")
+    _say(f"try: kubectl annotate sk {name} -n {namespace} servicekey.io/rotate=\"$(date +%s)\" --overwrite "
+         f"(the signer moves to the new key after publishAhead, 5m, and no token fails)")
+    print(f"export KUBECONFIG={env.kube.kubeconfig}\nkubectl: {env.binaries.kubectl}  (node: {node.address})")
+    _say("Ctrl-C stops the pods, the node, the cluster and OpenBao")
+    if sys.stdin.isatty():
+        _wait_for_interrupt()
 
 
-def run(command: str, _: argparse.Namespace) -> int:
-    """Carry out one ``dev`` sub-command."""
-    if command == "build":
+def main(argv: list[str] | None = None) -> int:
+    """Carry out one sub-command."""
+    parser = argparse.ArgumentParser(prog="python3 -m devcluster", description=__doc__)
+    parser.add_argument("command", choices=["build", "up", "demo"],
+                        help="build: compile and cache the binaries (the node's too); up: start and wait; "
+                             "demo: the full demo")
+    parser.add_argument("--node", action="store_true",
+                        help="up: also start the node (containerd, kubelet, scheduler, kube-proxy) with the images")
+    args = parser.parse_args(argv)
+    if args.command == "build":
         print(ensure_binaries())
+        print(ensure_node_binaries())
         return 0
     with DevEnvironment() as env:
         env.install_crds()
-        if command == "up":
+        if args.command == "up":
+            if args.node:
+                env.start_node()
             _up(env)
         else:
             _demo(env)

@@ -11,16 +11,19 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from servicekey_operator.devcluster.binaries import Binaries, ensure_binaries
-from servicekey_operator.devcluster.kube import KubernetesControlPlane
-from servicekey_operator.devcluster.openbao import OpenBaoServer
+from devcluster import images
+from devcluster.binaries import Binaries, ensure_binaries, ensure_node_binaries
+from devcluster.images import Image
+from devcluster.kube import KubernetesControlPlane
+from devcluster.node import NODE_NAME, KubernetesNode
+from devcluster.openbao import OpenBaoServer
+from devcluster.paths import CRD_PATH, REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-CRD_PATH = REPO_ROOT / "crds" / "servicekey.io_servicekeys.yaml"
+__all__ = ["CRD_PATH", "REPO_ROOT", "DevEnvironment"]
 
 
 class DevEnvironment:
-    """etcd + kube-apiserver + kube-controller-manager + OpenBao on loopback, in one temp dir.
+    """etcd + kube-apiserver + kube-controller-manager + OpenBao, and on demand a node, in one temp dir.
 
     Use it as a context manager; teardown (processes and temp dir) also runs at interpreter exit so
     an interrupted run leaves nothing behind.
@@ -34,6 +37,8 @@ class DevEnvironment:
         self.kube = KubernetesControlPlane(self.binaries, self.workdir / "kube")
         self.vault = OpenBaoServer(self.binaries.bao, self.workdir / "openbao", persistent=persistent_vault)
         self.startup_seconds = 0.0
+        self.node: KubernetesNode | None = None
+        self.node_images: dict[str, Image] = {}
         self._stopped = False
 
     def start(self) -> DevEnvironment:
@@ -52,6 +57,27 @@ class DevEnvironment:
               f"started in {self.startup_seconds:.1f}s (workdir {self.workdir})",
               file=sys.stderr, flush=True)
         return self
+
+    def start_node(self) -> KubernetesNode:
+        """Build (or take from the cache) the images and start the node: containerd, kubelet, scheduler and
+        kube-proxy, with the operator's and the examples' images imported. Once per environment."""
+        if self.node is None:
+            started = time.monotonic()
+            binaries = ensure_node_binaries()
+            pause = images.pause_image()
+            self.node_images = {"operator": images.operator_image(), "examples": images.example_apps_image()}
+            self.node = KubernetesNode(binaries, self.kube, self.workdir / "n", list(self.node_images.values()))
+            self.node.start(pause)
+            print(f"[devcluster] node {NODE_NAME} Ready at {self.node.address} in {time.monotonic() - started:.1f}s "
+                  f"(images: {', '.join(image.ref for image in self.node_images.values())})",
+                  file=sys.stderr, flush=True)
+        return self.node
+
+    def stop_node(self) -> None:
+        """Stop the node and leave the machine as it was (its pods are deleted through the API)."""
+        if self.node is not None:
+            self.node.stop()
+            self.node = None
 
     def install_crds(self) -> None:
         """Apply the ServiceKey CRD and wait until the API serves it."""
@@ -73,6 +99,9 @@ class DevEnvironment:
         if self._stopped:
             return
         self._stopped = True
+        if self.node is not None:  # while the API is up: its pods are deleted through it
+            with contextlib.suppress(Exception):
+                self.node.stop()
         with contextlib.suppress(Exception):
             self.kube.stop()
         with contextlib.suppress(Exception):

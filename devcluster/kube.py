@@ -1,8 +1,9 @@
-"""A real Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver and kube-controller-manager.
+"""A real Kubernetes control plane: etcd, kube-apiserver and kube-controller-manager.
 
-No kubelet and no scheduler: the operator only needs the API, admission (schema, CEL, RBAC),
-TokenRequest/TokenReview, and the controllers that act on API objects (garbage collector, namespace
-deletion, ServiceAccount tokens).
+Clients use it on 127.0.0.1. It is also ready for the node (``node``): the apiserver listens on every address
+and advertises the machine's own, which pods reach through the ``kubernetes`` Service (10.96.0.1), it
+authorizes kubelets (Node authorizer) and reaches them with a client certificate, and the controller manager
+runs the controllers that Deployments, Jobs and a node need.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import json
 import ssl
 import subprocess
 import urllib.request
+from functools import cache
 from pathlib import Path
 
 import yaml
 
-from servicekey_operator.devcluster.binaries import Binaries
-from servicekey_operator.devcluster.pki import DevCertificateAuthority, write_service_account_keypair
-from servicekey_operator.devcluster.process import ManagedProcess, free_port
+from devcluster.binaries import Binaries
+from devcluster.pki import DevCertificateAuthority, write_service_account_keypair
+from devcluster.process import ManagedProcess, free_port
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 # The audit log records what ServiceAccounts of this namespace do (the chart's release namespace): the
@@ -29,7 +31,24 @@ AUDIT_POLICY = {
               {"level": "None"}],
 }
 CONTROLLERS = ("garbage-collector-controller", "namespace-controller", "serviceaccount-controller",
-               "serviceaccount-token-controller")
+               "serviceaccount-token-controller",
+               # for the node: Deployments and Jobs (Helm hooks), Services, the node's readiness, and the
+               # kube-root-ca.crt ConfigMap that every ServiceAccount token projection mounts
+               "deployment-controller", "replicaset-controller", "job-controller", "disruption-controller",
+               "endpointslice-controller", "node-lifecycle-controller", "taint-eviction-controller",
+               "pod-garbage-collector-controller", "root-ca-certificate-publisher-controller",
+               "ttl-after-finished-controller")
+SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
+KUBERNETES_SERVICE_IP = "10.96.0.1"
+
+
+@cache
+def node_address() -> str:
+    """The machine's own address (the source of its default route): what pods and the node use to reach the
+    apiserver and OpenBao. 127.0.0.1 on a machine without a route (no node can run there)."""
+    result = subprocess.run(["ip", "-4", "-o", "route", "get", "1.1.1.1"], capture_output=True, text=True)
+    fields = result.stdout.split()
+    return fields[fields.index("src") + 1] if "src" in fields else "127.0.0.1"
 
 
 def write_kubeconfig(path: Path, server: str, ca_path: Path, *, client_cert: Path | None = None,
@@ -66,8 +85,11 @@ class KubernetesControlPlane:
                                      dns_names=("localhost", "kubernetes", "kubernetes.default",
                                                 "kubernetes.default.svc",
                                                 "kubernetes.default.svc.cluster.local"),
-                                     ip_addresses=("127.0.0.1",))
+                                     ip_addresses=("127.0.0.1", node_address(), KUBERNETES_SERVICE_IP))
         self.admin = self.ca.issue("admin", "servicekey-dev-admin", organizations=("system:masters",))
+        # What the apiserver presents to kubelets (logs, exec, port-forward).
+        self.kubelet_client = self.ca.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
+                                            organizations=("system:masters",))
         self.sa_private_key, self.sa_public_key = write_service_account_keypair(self.pki_dir)
         self.etcd_port = free_port()
         self.apiserver_port = free_port()
@@ -102,18 +124,20 @@ class KubernetesControlPlane:
         return [
             str(self.binaries.kube_apiserver),
             f"--etcd-servers={self.etcd_endpoint}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            "--bind-address=0.0.0.0", f"--advertise-address={node_address()}",
             f"--secure-port={self.apiserver_port}",
             f"--tls-cert-file={self.serving.cert}", f"--tls-private-key-file={self.serving.key}",
             f"--client-ca-file={self.ca.cert_path}",
-            "--authorization-mode=RBAC",
+            "--authorization-mode=Node,RBAC",
+            f"--kubelet-client-certificate={self.kubelet_client.cert}",
+            f"--kubelet-client-key={self.kubelet_client.key}", "--kubelet-preferred-address-types=InternalIP",
             f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
             f"--service-account-key-file={self.sa_public_key}",
             f"--service-account-signing-key-file={self.sa_private_key}",
-            "--service-cluster-ip-range=10.96.0.0/16",
+            f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
             # As on OpenShift and other hardened clusters: setting blockOwnerDeletion needs the right to
             # update the owner's finalizers, which the chart grants for the ConfigMaps' owner references.
-            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
+            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement,NodeRestriction",
             f"--audit-policy-file={self.audit_policy}", f"--audit-log-path={self.audit_log}",
             "--audit-log-format=json",
             f"--cert-dir={self.pki_dir / 'apiserver-generated'}",

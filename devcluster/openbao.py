@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any
 import hvac
 import yaml
 
-from servicekey_operator.devcluster.pki import DevCertificateAuthority, IssuedCert
-from servicekey_operator.devcluster.process import ManagedProcess, free_port
+from devcluster.kube import node_address
+from devcluster.pki import DevCertificateAuthority, IssuedCert
+from devcluster.process import ManagedProcess, free_port
 
 if TYPE_CHECKING:
-    from servicekey_operator.devcluster.kube import KubernetesControlPlane
+    from devcluster.kube import KubernetesControlPlane
 
 DEV_ROOT_TOKEN = "servicekey-dev-root"
 TOKEN_REVIEWER = ("kube-system", "openbao-token-reviewer")  # (namespace, ServiceAccount) Vault reviews tokens as
@@ -104,7 +105,8 @@ audit "file" "to-file" {{
             # -dev keeps its plain listener (on the admin port with TLS); a config file adds the TLS listener
             # and the audit device.
             argv = [str(self.bao_binary), "server", "-dev", f"-dev-root-token-id={DEV_ROOT_TOKEN}",
-                    f"-dev-listen-address=127.0.0.1:{self.admin_port}", "-dev-no-store-token"]
+                    # Every address: pods on the node reach it at the machine's own (``pod_addr``).
+                    f"-dev-listen-address=0.0.0.0:{self.admin_port}", "-dev-no-store-token"]
             extra = (self._tls_listener() if self.tls else "") + self._audit_stanza()
             if extra:
                 config = self.workdir / "openbao-dev.hcl"
@@ -136,6 +138,11 @@ cluster_addr = "{"https" if self.tls else "http"}://127.0.0.1:{cluster_port}"
 disable_mlock = true
 """)
         return [str(self.bao_binary), "server", f"-config={config}"]
+
+    @property
+    def pod_addr(self) -> str:
+        """The address pods on the node use (a -dev server without TLS listens on every address)."""
+        return f"http://{node_address()}:{self.admin_port}"
 
     def client(self, token: str | None = None, *, timeout: float = 10) -> hvac.Client:
         """An hvac client for this server (root token unless another is given).

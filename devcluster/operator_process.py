@@ -8,7 +8,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
-from servicekey_operator.devcluster.process import ManagedProcess, free_port
+from devcluster.process import ManagedProcess, free_port
 
 
 class OperatorProcess:

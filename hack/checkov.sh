@@ -10,7 +10,7 @@ if [[ ! -x "$venv/bin/checkov" ]]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --disable-pip-version-check -q 'checkov==3.2.533'
 fi
-helm="$(python3 -c 'from servicekey_operator.devcluster.binaries import ensure_binaries; print(ensure_binaries().helm)')"
+helm="$(python3 -c 'from devcluster.binaries import ensure_binaries; print(ensure_binaries().helm)')"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 "$helm" template servicekey-operator charts/servicekey-operator -n servicekey-system > "$out/default.yaml"

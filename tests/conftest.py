@@ -12,9 +12,9 @@ import kubernetes.config
 import pytest
 from kubernetes.client.rest import ApiException
 
-from servicekey_operator.devcluster.environment import DevEnvironment
-from servicekey_operator.devcluster.openbao import OpenBaoServer
-from servicekey_operator.devcluster.operator_process import OperatorProcess
+from devcluster.environment import DevEnvironment
+from devcluster.openbao import OpenBaoServer
+from devcluster.operator_process import OperatorProcess
 from tests.support import ACCEPT_FROM, MakeNamespace, ServiceKeys
 
 

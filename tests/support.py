@@ -15,10 +15,10 @@ import kubernetes.client
 from kubernetes.client.rest import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
+from devcluster.environment import DevEnvironment
+from devcluster.openbao import OpenBaoServer
+from devcluster.operator_process import OperatorProcess
 from servicekey_operator.config import VaultSettings
-from servicekey_operator.devcluster.environment import DevEnvironment
-from servicekey_operator.devcluster.openbao import OpenBaoServer
-from servicekey_operator.devcluster.operator_process import OperatorProcess
 from servicekey_operator.keys import generate_keypair
 from servicekey_operator.vault.connection import VaultConnection
 from servicekey_operator.vault.kv import KvKeyStore
@@ -109,9 +109,13 @@ class ServiceKeys:
 
     def create(self, name: str, spec: dict[str, Any] | None = None,
                annotations: dict[str, str] | None = None) -> dict[str, Any]:
-        """Create a ServiceKey."""
+        """Create a ServiceKey. Unless ``spec`` sets ``rotation.publishAhead``, it is 0s: a rotation signs at once,
+        which is what tests not about propagation wait for (the default, 3m, is tested on the node)."""
+        spec = {} if spec is None else spec
+        if isinstance(spec, dict) and isinstance(spec.get("rotation", {}), dict):
+            spec = {**spec, "rotation": {"publishAhead": "0s", **(spec.get("rotation") or {})}}
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ServiceKey",
-                "metadata": {"name": name, "annotations": annotations or {}}, "spec": spec or {}}
+                "metadata": {"name": name, "annotations": annotations or {}}, "spec": spec}
         return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
 
     def get(self, name: str) -> dict[str, Any] | None:

@@ -1,5 +1,5 @@
-"""The ``servicekey-operator`` command: run the operator, rotate a key, check the invariants, and drive the
-local dev cluster."""
+"""The ``servicekey-operator`` command: run the operator, rotate a key, check the invariants. (The local
+development cluster is not part of the operator: ``python3 -m devcluster`` in a checkout.)"""
 
 from __future__ import annotations
 
@@ -102,12 +102,6 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if any(not violation.informational for violation in violations) else 0
 
 
-def _dev(args: argparse.Namespace) -> int:
-    from servicekey_operator.devcluster import commands
-
-    return commands.run(args.dev_command, args)
-
-
 def parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     root = argparse.ArgumentParser(prog="servicekey-operator", description=__doc__)
@@ -128,10 +122,6 @@ def parser() -> argparse.ArgumentParser:
                        help="a namespace to check (repeatable; default: all)")
     check.add_argument("--etcd", metavar="URL", help="also scan etcd's raw keyspace through its JSON gateway")
     check.set_defaults(func=_check)
-    dev = commands.add_parser("dev", help="local cluster + OpenBao for development and the demo")
-    dev.add_argument("dev_command", choices=["build", "up", "demo"],
-                     help="build: compile and cache the binaries; up: start and wait; demo: the full demo")
-    dev.set_defaults(func=_dev)
     return root
 
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
-from servicekey_operator.devcluster.chart import CHART_DIR, RELEASE
-from servicekey_operator.devcluster.chart import RELEASE_NAMESPACE as NAMESPACE
-from servicekey_operator.devcluster.environment import REPO_ROOT
+from devcluster.chart import CHART_DIR, RELEASE
+from devcluster.chart import RELEASE_NAMESPACE as NAMESPACE
+from devcluster.environment import REPO_ROOT
 
 SOURCE_CRD = REPO_ROOT / "crds" / "servicekey.io_servicekeys.yaml"
 CHART_CRD = CHART_DIR / "crds" / "servicekey.io_servicekeys.yaml"

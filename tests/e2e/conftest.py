@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from servicekey_operator.devcluster.binaries import HELM_VERSION, cache_dir
+from devcluster.binaries import HELM_VERSION, cache_dir
+from devcluster.environment import DevEnvironment
+from devcluster.node import KubernetesNode
 
 
 @pytest.fixture(scope="session")
@@ -19,3 +22,11 @@ def helm_bin() -> Path:
         pytest.fail(f"helm binary not found at {candidate}: set HELM, or build it with the devcluster "
                     f"binaries (helm {HELM_VERSION} into the cache)", pytrace=False)
     return candidate
+
+
+@pytest.fixture(scope="module")
+def node(dev_env: DevEnvironment) -> Iterator[KubernetesNode]:
+    """The real node of the session's cluster (its images built or taken from the cache), for one module: the
+    suites after it run without a kubelet, as they always have."""
+    yield dev_env.start_node()
+    dev_env.stop_node()

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from servicekey_operator.devcluster.chart import helm, install_chart, service_account_kubeconfig, uninstall_chart
-from servicekey_operator.devcluster.environment import DevEnvironment
-from servicekey_operator.devcluster.operator_process import OperatorProcess
+from devcluster.chart import helm, install_chart, service_account_kubeconfig, uninstall_chart
+from devcluster.environment import DevEnvironment
+from devcluster.operator_process import OperatorProcess
 from tests.e2e.chart import CHART_DIR, FULL_VALUES, NAMESPACE, RELEASE, merged, values_args
 from tests.support import ServiceKeys, wait_for
 

@@ -22,11 +22,11 @@ import pytest
 import yaml
 from kubernetes.client.rest import ApiException
 
-from servicekey_operator.devcluster.chart import CHART_DIR, RELEASE, helm, install_chart, service_account_kubeconfig
-from servicekey_operator.devcluster.chart import RELEASE_NAMESPACE as NAMESPACE
-from servicekey_operator.devcluster.environment import REPO_ROOT, DevEnvironment
-from servicekey_operator.devcluster.openbao import OpenBaoServer
-from servicekey_operator.devcluster.operator_process import OperatorProcess
+from devcluster.chart import CHART_DIR, RELEASE, helm, install_chart, service_account_kubeconfig
+from devcluster.chart import RELEASE_NAMESPACE as NAMESPACE
+from devcluster.environment import REPO_ROOT, DevEnvironment
+from devcluster.openbao import OpenBaoServer
+from devcluster.operator_process import OperatorProcess
 from tests.support import ServiceKeys, wait_for
 
 pytestmark = pytest.mark.e2e

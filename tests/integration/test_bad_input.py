@@ -21,8 +21,8 @@ import hvac
 import kubernetes.client
 import pytest
 
-from servicekey_operator.devcluster.environment import DevEnvironment
-from servicekey_operator.devcluster.operator_process import OperatorProcess
+from devcluster.environment import DevEnvironment
+from devcluster.operator_process import OperatorProcess
 from tests.support import GROUP, VERSION, ServiceKeys, ready_condition, wait_for
 
 pytestmark = pytest.mark.integration

@@ -22,10 +22,10 @@ import pytest
 import urllib3.exceptions
 from kubernetes.client.rest import ApiException
 
+from devcluster.environment import DevEnvironment
+from devcluster.openbao import OpenBaoServer
+from devcluster.operator_process import OperatorProcess
 from servicekey_operator import invariants
-from servicekey_operator.devcluster.environment import DevEnvironment
-from servicekey_operator.devcluster.openbao import OpenBaoServer
-from servicekey_operator.devcluster.operator_process import OperatorProcess
 from servicekey_operator.spec import rotate_request_digest
 from tests.support import MakeNamespace, ServiceKeys, ready_condition, wait_for
 

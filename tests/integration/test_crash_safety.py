@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from servicekey_operator.devcluster.operator_process import OperatorProcess
+from devcluster.operator_process import OperatorProcess
 from servicekey_operator.faults import CRASH_ENV
 from tests.support import ServiceKeys, wait_for
 

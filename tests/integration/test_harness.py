@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from servicekey_operator.devcluster.binaries import KUBERNETES_VERSION
-from servicekey_operator.devcluster.environment import DevEnvironment
+from devcluster.binaries import KUBERNETES_VERSION
+from devcluster.environment import DevEnvironment
 from tests.support import ServiceKeys, wait_for
 
 pytestmark = pytest.mark.integration

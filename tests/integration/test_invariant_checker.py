@@ -16,9 +16,9 @@ import kubernetes.client
 import pytest
 from jwcrypto import jwk as jwcrypto_jwk
 
+from devcluster.environment import DevEnvironment
+from devcluster.operator_process import OperatorProcess
 from servicekey_operator import invariants
-from servicekey_operator.devcluster.environment import DevEnvironment
-from servicekey_operator.devcluster.operator_process import OperatorProcess
 from servicekey_operator.keys import generate_keypair
 from servicekey_operator.vault.records import OWNER_METADATA_KEY
 from tests.support import ServiceKeys, wait_for

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from servicekey_operator.devcluster.operator_process import OperatorProcess
+from devcluster.operator_process import OperatorProcess
 from tests.support import ServiceKeys, metric_samples, metric_value, wait_for
 
 pytestmark = pytest.mark.integration

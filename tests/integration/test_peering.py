@@ -30,8 +30,8 @@ from typing import Any
 import pytest
 import yaml
 
-from servicekey_operator.devcluster.environment import REPO_ROOT, DevEnvironment
-from servicekey_operator.devcluster.operator_process import OperatorProcess
+from devcluster.environment import REPO_ROOT, DevEnvironment
+from devcluster.operator_process import OperatorProcess
 from tests.support import ServiceKeys, metric_samples, metric_value, wait_for
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from servicekey_operator.devcluster.operator_process import OperatorProcess
+from devcluster.operator_process import OperatorProcess
 from tests.support import GROUP, PLURAL, VERSION, ServiceKeys, metric_samples, metric_value, wait_for
 
 pytestmark = pytest.mark.integration

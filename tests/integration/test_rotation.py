@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import pytest
 
-from servicekey_operator.devcluster.environment import DevEnvironment
-from servicekey_operator.devcluster.operator_process import OperatorProcess
+from devcluster.environment import DevEnvironment
+from devcluster.operator_process import OperatorProcess
 from tests.support import ServiceKeys, ready_condition, wait_for
 
 pytestmark = pytest.mark.integration

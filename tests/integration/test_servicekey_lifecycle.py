@@ -12,7 +12,7 @@ import pytest
 from jwcrypto import jwk as jwcrypto_jwk
 from jwcrypto import jwt as jwcrypto_jwt
 
-from servicekey_operator.devcluster.operator_process import OperatorProcess
+from devcluster.operator_process import OperatorProcess
 from servicekey_operator.keys import ALGORITHMS
 from servicekey_operator.vault.records import DELETION_POLICY_METADATA_KEY
 from tests.support import ServiceKeys, ready_condition, wait_for

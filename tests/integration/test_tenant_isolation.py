@@ -19,8 +19,8 @@ import kubernetes.client
 import pytest
 from kubernetes.client.rest import ApiException
 
-from servicekey_operator.devcluster.environment import DevEnvironment
-from servicekey_operator.devcluster.operator_process import OperatorProcess
+from devcluster.environment import DevEnvironment
+from devcluster.operator_process import OperatorProcess
 from tests.support import MakeNamespace, ServiceKeys, metric_samples, metric_value, ready_condition, wait_for
 
 pytestmark = pytest.mark.integration

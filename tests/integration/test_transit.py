@@ -5,7 +5,7 @@ from __future__ import annotations
 import hvac
 import pytest
 
-from servicekey_operator.devcluster.operator_process import OperatorProcess
+from devcluster.operator_process import OperatorProcess
 from servicekey_operator.keys import ALGORITHMS
 from tests.support import ServiceKeys, ready_condition, wait_for
 

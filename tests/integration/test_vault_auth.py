@@ -13,9 +13,9 @@ from pathlib import Path
 import hvac
 import pytest
 
-from servicekey_operator.devcluster.environment import REPO_ROOT, DevEnvironment
-from servicekey_operator.devcluster.openbao import OpenBaoServer
-from servicekey_operator.devcluster.operator_process import OperatorProcess
+from devcluster.environment import REPO_ROOT, DevEnvironment
+from devcluster.openbao import OpenBaoServer
+from devcluster.operator_process import OperatorProcess
 from tests.support import ServiceKeys, ready_condition, wait_for
 
 pytestmark = pytest.mark.integration

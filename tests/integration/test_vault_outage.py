@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from servicekey_operator.devcluster.openbao import OpenBaoServer
-from servicekey_operator.devcluster.operator_process import OperatorProcess
+from devcluster.openbao import OpenBaoServer
+from devcluster.operator_process import OperatorProcess
 from tests.support import ServiceKeys, ready_condition, wait_for
 
 pytestmark = pytest.mark.integration

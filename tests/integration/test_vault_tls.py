@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from devcluster.environment import DevEnvironment
+from devcluster.openbao import OpenBaoServer
+from devcluster.operator_process import OperatorProcess
+from devcluster.pki import DevCertificateAuthority
 from servicekey_operator.config import VaultSettings
-from servicekey_operator.devcluster.environment import DevEnvironment
-from servicekey_operator.devcluster.openbao import OpenBaoServer
-from servicekey_operator.devcluster.operator_process import OperatorProcess
-from servicekey_operator.devcluster.pki import DevCertificateAuthority
 from servicekey_operator.errors import VaultUnavailable
 from servicekey_operator.vault.connection import VaultConnection, vault_call
 from tests.support import ServiceKeys, ready_condition
