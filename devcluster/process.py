@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -16,11 +17,28 @@ class StartError(RuntimeError):
     """A server did not start or did not become ready; the message carries its log tail."""
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """Ask the kernel for a free loopback port (a small race remains; a start error names the port)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A free loopback port below the kernel's ephemeral range, so that no outgoing connection (etcd's clients,
+    the apiserver's, ...) is given it as its local port between this choice and the server's bind. A race
+    with another process choosing the same way remains; a start error names the port."""
+    low = _ephemeral_ports()[0]
+    for _ in range(200):
+        candidate = random.randrange(10000, low) if low > 11000 else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return int(probe.getsockname()[1])
+    raise OSError("no free loopback port below the ephemeral range")
 
 
 def log_tail(log_path: Path, lines: int = 25) -> str:
