@@ -7,6 +7,10 @@
 #
 # Path matching reminder: a trailing '*' is a prefix match (it also matches deeper paths, with '/'),
 # and '*' anywhere else is not a wildcard at all.
+#
+# Before it reads or writes a key the operator also asks which engine its KV mount is
+# (GET sys/internal/ui/mounts/secret: a KV version 1 mount is refused). That needs no rule: Vault answers it
+# for any token with a capability below the mount.
 
 # ---------------------------------------------------------------------------------------------------
 # KV version 2 (spec.vault.engine: kv). Keys live at secret/<prefix>/<namespace>/<name>; the API splits

@@ -65,3 +65,23 @@ class KubernetesUnavailable(ServiceKeyError):
     """The Kubernetes API could not be reached or failed with a server error."""
 
     reason = "KubernetesUnavailable"
+
+
+class KubernetesRefused(ServiceKeyError):
+    """The API server refused a request (403, 422, 400, ...: RBAC, an admission policy or webhook, a quota).
+
+    ``api_reason`` is the reason of the API's Status (for example ``Forbidden`` or ``Invalid``). Retried with
+    the key's backoff: whoever refused may change their mind.
+    """
+
+    reason = "KubernetesRefused"
+
+    def __init__(self, message: str, api_reason: str) -> None:
+        super().__init__(message)
+        self.api_reason = api_reason
+
+
+class InternalError(ServiceKeyError):
+    """A pass failed in a way none of the others describe (a bug): reported, and retried with backoff."""
+
+    reason = "InternalError"

@@ -29,7 +29,7 @@ import kopf
 
 from servicekey_operator import metrics, publish
 from servicekey_operator.config import OperatorConfig
-from servicekey_operator.errors import ConfigMapConflict, ServiceKeyError
+from servicekey_operator.errors import ConfigMapConflict, InternalError, ServiceKeyError
 from servicekey_operator.keygen import KeyGenerator
 from servicekey_operator.keys import KeyPair, is_rsa
 from servicekey_operator.kubeapi import LIST_PAGE_SIZE, KubeGateway, api_client
@@ -219,7 +219,6 @@ async def run_pass(state: OperatorState, body: Mapping[str, Any], logger: loggin
     """
     meta = body["metadata"]
     key: ObjectKey = (meta["namespace"], meta["name"])
-    generation = meta.get("generation")
     observed = body.get("status") or {}
     async with state.lock(key), state.passes_in_flight:
         if state.finalizing.get(key) == meta["uid"]:
@@ -236,21 +235,34 @@ async def run_pass(state: OperatorState, body: Mapping[str, Any], logger: loggin
                                                            previous_configmap=observed.get("configMapName"))
             await _record_success(state, key, body, desired, outcome, now)
         except ServiceKeyError as failure:
-            if isinstance(failure, ConfigMapConflict) and failure.holder in state.bodies:
-                # A copy from another namespace stands where this key publishes: its source withdraws it.
-                state.scheduler.schedule(failure.holder, now)
-            failures = state.consecutive_failures[key] = state.consecutive_failures.get(key, 0) + 1
-            delay = backoff_seconds(failures - 1) if failure.retryable else CONFLICT_RECHECK_SECONDS
-            metrics.record_failure(key, failure.reason)
-            logger.warning(f"{failure.reason}: {failure}")
-            # Best effort: with the API server down the failure cannot be reported, only retried.
-            with contextlib.suppress(ServiceKeyError):
-                await _write_status(state, body, failed_status(failure.reason, str(failure), generation,
-                                                               observed, now), turned=failures == 1)
-                # One Warning per new problem, not per retry.
-                if ready_condition(observed).get("reason") != failure.reason:
-                    _post(body, [Event("Warning", failure.reason, str(failure))])
-            state.scheduler.schedule(key, now + datetime.timedelta(seconds=delay))
+            await _record_failure(state, key, body, failure, now, logger)
+        except Exception as unexpected:  # a bug, not weather: still a status, an Event and this key's backoff
+            logger.exception(f"pass failed unexpectedly: {type(unexpected).__name__}")
+            # The type only: an exception's text may quote data, and nothing of a key goes into status or Events.
+            await _record_failure(state, key, body, InternalError(
+                f"the pass failed unexpectedly ({type(unexpected).__name__}); the operator's log has the details"),
+                now, logger)
+
+
+async def _record_failure(state: OperatorState, key: ObjectKey, body: Mapping[str, Any], failure: ServiceKeyError,
+                          now: datetime.datetime, logger: logging.Logger) -> None:
+    """Status (Ready=False with the failure's reason), one Warning per new problem, and the key's backoff."""
+    observed = body.get("status") or {}
+    if isinstance(failure, ConfigMapConflict) and failure.holder in state.bodies:
+        # A copy from another namespace stands where this key publishes: its source withdraws it.
+        state.scheduler.schedule(failure.holder, now)
+    failures = state.consecutive_failures[key] = state.consecutive_failures.get(key, 0) + 1
+    delay = backoff_seconds(failures - 1) if failure.retryable else CONFLICT_RECHECK_SECONDS
+    metrics.record_failure(key, failure.reason)
+    logger.warning(f"{failure.reason}: {failure}")
+    # Best effort: with the API server down the failure cannot be reported, only retried.
+    with contextlib.suppress(ServiceKeyError):
+        await _write_status(state, body, failed_status(failure.reason, str(failure), body["metadata"].get("generation"),
+                                                       observed, now), turned=failures == 1)
+        # One Warning per new problem, not per retry.
+        if ready_condition(observed).get("reason") != failure.reason:
+            _post(body, [Event("Warning", failure.reason, str(failure))])
+    state.scheduler.schedule(key, now + datetime.timedelta(seconds=delay))
 
 
 async def _record_success(state: OperatorState, key: ObjectKey, body: Mapping[str, Any], desired: DesiredKey,
@@ -264,7 +276,8 @@ async def _record_success(state: OperatorState, key: ObjectKey, body: Mapping[st
     else:
         state.publishing_elsewhere.discard(key)
     refused_before = {(r.get("namespace"), r.get("reason")) for r in observed.get("refusedNamespaces") or []}
-    outcome.events += [Event("Warning", "PublishRefused", f"not published to namespace {r.namespace}: {r.reason}")
+    outcome.events += [Event("Warning", "PublishRefused", f"not published to namespace {r.namespace}: "
+                                                           f"{r.message or r.reason}")
                        for r in outcome.refused if (r.namespace, r.reason) not in refused_before]
     await _write_status(state, body, ready_status(desired, outcome.history, due, body["metadata"].get("generation"),
                                                   observed, now, outcome.configmap_version,

@@ -38,6 +38,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import datetime
 import json
 import re
 import urllib.request
@@ -62,6 +63,7 @@ from servicekey_operator.vault.records import (
     ADOPTED_NAMESPACE_UID_METADATA_KEY,
     DELETION_POLICY_METADATA_KEY,
     OWNER_METADATA_KEY,
+    live_versions,
 )
 
 __all__ = [
@@ -771,11 +773,12 @@ class _Vault:
         except hvac.exceptions.InvalidPath:
             return None
         custom = metadata.get("custom_metadata") or {}
-        live = sorted((int(number) for number, info in (metadata.get("versions") or {}).items()
-                       if not info.get("destroyed") and not info.get("deletion_time")), reverse=True)
+        live = live_versions(metadata.get("versions") or {}, datetime.datetime.now(datetime.UTC))
         versions, malformed = [], []
         for number in live:
             data = self._data(mount, path, number)
+            if data is None:
+                continue  # deleted since the metadata was read (its deletion_time passed meanwhile)
             try:
                 versions.append(VaultKey.from_data(number, data or {}))
             except (KeyError, ValueError):

@@ -14,7 +14,7 @@ import urllib3
 import urllib3.exceptions
 from kubernetes.client.rest import ApiException
 
-from servicekey_operator.errors import KubernetesUnavailable, ServiceKeyError
+from servicekey_operator.errors import KubernetesRefused, KubernetesUnavailable, ServiceKeyError
 from servicekey_operator.metrics import KUBERNETES_REQUEST_DURATION
 from servicekey_operator.publish import API_GROUP, API_VERSION
 
@@ -39,7 +39,7 @@ LIST_PAGE_SIZE = 500
 def kube_call(operation: str, what: str) -> Iterator[None]:
     """Time one API request as ``operation``; turn transport failures and 5xx answers into
     KubernetesUnavailable, 409 into ConfigMapRaced, a missing or terminating namespace into
-    NamespaceUnavailable."""
+    NamespaceUnavailable, any other refusal (4xx) into KubernetesRefused with the API's reason and message."""
     try:
         with KUBERNETES_REQUEST_DURATION.labels(operation).time():
             yield
@@ -51,10 +51,26 @@ def kube_call(operation: str, what: str) -> Iterator[None]:
             raise ConfigMapRaced(f"{what}: changed concurrently, will retry") from failed
         if failed.status is not None and (failed.status >= 500 or failed.status == 429):
             raise KubernetesUnavailable(f"{what}: API server answered {failed.status}") from failed
+        if failed.status is not None and 400 <= failed.status < 500:
+            api_reason, message = _refusal(failed)
+            raise KubernetesRefused(f"{what}: refused by the API server ({failed.status} {api_reason}): {message}",
+                                    api_reason) from failed
         raise
     except (urllib3.exceptions.HTTPError, OSError) as unreachable:
         raise KubernetesUnavailable(f"{what}: API server unreachable ({type(unreachable).__name__})") \
             from unreachable
+
+
+def _refusal(failed: ApiException) -> tuple[str, str]:
+    """The reason and (shortened) message of the Status object an API error carries (Kubernetes API
+    conventions, "Response Status Kind")."""
+    try:
+        status = json.loads(failed.body or "{}")
+    except (TypeError, ValueError):
+        status = {}
+    reason = str(status.get("reason") or failed.reason or "Refused") if isinstance(status, dict) else "Refused"
+    message = str(status.get("message") or "") if isinstance(status, dict) else ""
+    return reason, message[:300]
 
 
 def _json(reply: urllib3.BaseHTTPResponse) -> dict[str, Any]:

@@ -123,6 +123,7 @@ class Refusal:
 
     namespace: str
     reason: str
+    message: str = ""
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ the same pass again: Vault writes are check-and-set, and the ConfigMap is derive
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import enum
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from servicekey_operator import publish
-from servicekey_operator.errors import ConfigMapConflict, VaultPathConflict, VaultWriteConflict
+from servicekey_operator.errors import ConfigMapConflict, KubernetesRefused, VaultPathConflict, VaultWriteConflict
 from servicekey_operator.faults import crash_point
 from servicekey_operator.keys import KeyPair
 from servicekey_operator.kubeapi import KubeGateway, NamespaceUnavailable
@@ -245,16 +246,19 @@ class Reconciler:
         """Keep the copies in opted-in namespaces equal to the source; remove those no longer wanted."""
         plan = publish.plan_copies(desired, self._candidate_namespaces(desired))
         published, refused = [], list(plan.refused)
+        # Where the API refused the write, a copy we made earlier stays: older, but better than none for the
+        # pods there (and that namespace's policy may refuse its deletion as well).
+        refused_by_api: set[str] = set()
         for namespace in plan.targets:
             wanted = publish.desired_configmap(desired, history, namespace)
-            existing = self.kube.read_configmap(namespace, desired.configmap_name)
-            # Not even while a target's own ServiceKey has no ConfigMap yet (or lost it): a copy never takes the
-            # name under which that namespace's verifiers expect its own key.
-            if (existing is not None and not publish.is_ours(existing, desired)) \
-                    or desired.configmap_name in self.names_taken_in(namespace):
-                refused.append(publish.Refusal(namespace, "ConfigMapConflict"))
-                continue
             try:
+                existing = self.kube.read_configmap(namespace, desired.configmap_name)
+                # Not even while a target's own ServiceKey has no ConfigMap yet (or lost it): a copy never takes
+                # the name under which that namespace's verifiers expect its own key.
+                if (existing is not None and not publish.is_ours(existing, desired)) \
+                        or desired.configmap_name in self.names_taken_in(namespace):
+                    refused.append(publish.Refusal(namespace, "ConfigMapConflict"))
+                    continue
                 if existing is None:
                     self.kube.create_configmap(wanted)
                 elif publish.needs_update(existing, wanted):
@@ -262,8 +266,12 @@ class Reconciler:
             except NamespaceUnavailable:  # deleted or terminating since we looked
                 refused.append(publish.Refusal(namespace, "NamespaceTerminating"))
                 continue
+            except KubernetesRefused as refusal:  # that namespace's policy, quota or webhook: the others go on
+                refused.append(publish.Refusal(namespace, refusal.api_reason, str(refusal)))
+                refused_by_api.add(namespace)
+                continue
             published.append(namespace)
-        self._remove_copies(desired, keep=set(published))
+        self._remove_copies(desired, keep=set(published) | refused_by_api)
         return tuple(published), tuple(sorted(refused, key=lambda refusal: refusal.namespace))
 
     def _candidate_namespaces(self, desired: DesiredKey) -> list[dict[str, Any]]:
@@ -286,12 +294,17 @@ class Reconciler:
             self.kube.delete_configmap(desired.namespace, name, former["metadata"]["resourceVersion"])
 
     def _remove_copies(self, desired: DesiredKey, keep: set[str]) -> None:
+        """Delete our copies outside ``keep``. A deletion that namespace's policy refuses is left for a later
+        pass (or, at the end of the ServiceKey, behind: a public key only), so one tenant cannot stop another's
+        passes or deletion."""
         for copy in self.kube.list_configmaps(publish.copies_selector(desired)):
             metadata = copy["metadata"]
             # A copy under a former configMapName goes too, even in a namespace that is kept.
             if (metadata["namespace"] not in keep or metadata["name"] != desired.configmap_name) \
                     and publish.is_ours(copy, desired):
-                self.kube.delete_configmap(metadata["namespace"], metadata["name"], metadata["resourceVersion"])
+                with contextlib.suppress(KubernetesRefused):
+                    self.kube.delete_configmap(metadata["namespace"], metadata["name"],
+                                               metadata["resourceVersion"])
 
     async def _ensure_key(self, desired: DesiredKey, owner: Owner, now: datetime.datetime,
                           published_kid: str | None, kids_in_configmap: frozenset[str]) -> Outcome:

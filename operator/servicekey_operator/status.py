@@ -72,7 +72,9 @@ def ready_status(desired: DesiredKey, history: KeyHistory, next_rotation: dateti
         "vaultPath": vault_location(desired),
         "pendingKeyId": pending.kid if pending else None,
         "publishedNamespaces": list(published_namespaces) or None,
-        "refusedNamespaces": [{"namespace": r.namespace, "reason": r.reason} for r in refused] or None,
+        "refusedNamespaces": [{"namespace": r.namespace, "reason": r.reason, **({"message": r.message}
+                                                                              if r.message else {})}
+                              for r in refused] or None,
         "conditions": with_condition(observed.get("conditions") or [], type_="Ready", status="True",
                                      reason=reason, message=message, generation=generation, now=now),
     }

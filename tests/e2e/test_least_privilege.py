@@ -38,6 +38,9 @@ NOT_REQUESTS = {
     # ConfigMap with blockOwnerDeletion is created; without it that create is Forbidden.
     ("servicekey.io", "servicekeys/finalizers"): {"update"},
 }
+# Vault answers these without a policy path: any token with a capability below the mount may ask which engine
+# the mount is (the operator checks that its KV mount is version 2 before anything else).
+POLICY_FREE_VAULT_PATHS = re.compile(r"^sys/internal/ui/mounts/[^/]+$")
 ConfigMapReads = list[str]
 
 
@@ -212,7 +215,7 @@ def test_the_operator_uses_every_capability_of_the_shipped_vault_policy_and_is_r
             continue
         if entry.get("type") == "response" and "permission denied" in str(entry.get("error", "")):
             refused.append(f"{request.get('operation')} {request.get('path')}")
-        if entry.get("type") != "request":
+        if entry.get("type") != "request" or POLICY_FREE_VAULT_PATHS.match(request["path"]):
             continue
         pattern = matching_pattern(list(patterns), request["path"])
         if pattern is None:

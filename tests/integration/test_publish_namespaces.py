@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable, Iterator
+
 import kubernetes.client
 import pytest
+from kubernetes.client.rest import ApiException
 
 from devcluster.operator_process import OperatorProcess
 from tests.support import MakeNamespace, ServiceKeys, wait_for
@@ -69,9 +73,10 @@ def test_a_foreign_configmap_in_a_target_namespace_is_untouched(operator: Operat
     assert servicekeys.configmap("shared-public", target).data == {"mine": "yes"}
 
 
-def test_rotation_updates_every_copy_and_a_pod_can_mount_it(operator: OperatorProcess, servicekeys: ServiceKeys,
-                                                            make_namespace: MakeNamespace,
-                                                            core_api: kubernetes.client.CoreV1Api):
+def test_rotation_updates_every_copy_and_a_pod_that_mounts_a_copy_is_admitted(
+        operator: OperatorProcess, servicekeys: ServiceKeys, make_namespace: MakeNamespace,
+        core_api: kubernetes.client.CoreV1Api):
+    # No kubelet here: that a pod really reads a mounted copy is tests/e2e/test_node.py's business.
     targets = [make_namespace(accept_from=servicekeys.namespace) for _ in range(2)]
     servicekeys.create("shared", {"algorithm": "ES256", "publicKey": {"namespaces": targets}})
     old_kid = servicekeys.wait_ready("shared")["status"]["keyId"]
@@ -121,3 +126,73 @@ def test_deleting_a_target_namespace_does_not_wedge_the_operator(operator: Opera
     wait_for(refused_as_gone, 60, "status to report the deleted namespace")
     servicekeys.create("after", {"algorithm": "EdDSA"})
     servicekeys.wait_ready("after")
+
+
+@pytest.fixture
+def configmaps_denied_in(kube_client: kubernetes.client.ApiClient,
+                         core_api: kubernetes.client.CoreV1Api) -> Iterator[Callable[[str], None]]:
+    """Deny every ConfigMap create, update and delete in the namespaces given, with a ValidatingAdmissionPolicy
+    (as an admin of that namespace's tenant would), and wait until the API server enforces it."""
+    admission = kubernetes.client.AdmissionregistrationV1Api(kube_client)
+    marker = f"deny-{uuid.uuid4().hex[:8]}"
+    admission.create_validating_admission_policy({
+        "metadata": {"name": marker},
+        "spec": {"failurePolicy": "Fail",
+                 "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                                                         "operations": ["CREATE", "UPDATE", "DELETE"],
+                                                         "resources": ["configmaps"]}]},
+                 "validations": [{"expression": "false", "message": "no ConfigMaps here, by order of the admin"}]}})
+    admission.create_validating_admission_policy_binding({
+        "metadata": {"name": marker},
+        "spec": {"policyName": marker, "validationActions": ["Deny"],
+                 "matchResources": {"namespaceSelector": {"matchLabels": {"servicekey-test": marker}}}}})
+
+    def deny(namespace: str) -> None:
+        core_api.patch_namespace(namespace, {"metadata": {"labels": {"servicekey-test": marker}}})
+
+        def denied() -> bool:
+            try:
+                core_api.create_namespaced_config_map(namespace, {"metadata": {"name": f"probe-{uuid.uuid4().hex}"}})
+            except ApiException as refused:
+                return refused.status in (403, 422)
+            return False
+        wait_for(denied, 30, "the admission policy to be enforced")
+
+    yield deny
+    admission.delete_validating_admission_policy_binding(marker)
+    admission.delete_validating_admission_policy(marker)
+
+
+def test_a_target_that_refuses_the_copy_is_reported_alone_and_the_others_are_published(
+        operator: OperatorProcess, servicekeys: ServiceKeys, make_namespace: MakeNamespace,
+        configmaps_denied_in: Callable[[str], None]):
+    # Issue #15.7: one refusing target used to end the whole pass with no status at all.
+    refusing = make_namespace(accept_from=servicekeys.namespace, name=f"a-{uuid.uuid4().hex[:8]}")  # listed first
+    refusing_later = make_namespace(accept_from=servicekeys.namespace, name=f"b-{uuid.uuid4().hex[:8]}")
+    accepting = make_namespace(accept_from=servicekeys.namespace)
+    configmaps_denied_in(refusing)
+
+    servicekeys.create("shared", {"algorithm": "ES256",
+                                  "publicKey": {"namespaces": [refusing, refusing_later, accepting]}})
+    status = servicekeys.wait_ready("shared")["status"]
+
+    assert status["publishedNamespaces"] == sorted([refusing_later, accepting])
+    [refusal] = status["refusedNamespaces"]
+    assert refusal["namespace"] == refusing and refusal["reason"] in ("Forbidden", "Invalid")
+    assert "by order of the admin" in refusal["message"]
+    wait_for(lambda: [e for e in servicekeys.events("shared") if e[:2] == ("Warning", "PublishRefused")
+                      and refusing in e[2]], 30, "one Warning event about the refusing namespace")
+
+    # A namespace that starts refusing keeps the copy it has (neither updated nor deleted); the others rotate.
+    old_kid = status["keyId"]
+    configmaps_denied_in(refusing_later)
+    servicekeys.patch("shared", {"metadata": {"annotations": {"servicekey.io/rotate": "now"}}})
+    new_kid = servicekeys.wait_new_kid("shared", old_kid)["status"]["keyId"]
+    status = wait_for(lambda: (s := servicekeys.get("shared")["status"]) and len(s["refusedNamespaces"] or []) == 2
+                      and s, 30, "both refusing namespaces in the status")
+
+    assert status["publishedNamespaces"] == [accepting]
+    assert {r["namespace"] for r in status["refusedNamespaces"]} == {refusing, refusing_later}
+    assert _copy_kid(servicekeys, accepting) == new_kid
+    assert _copy_kid(servicekeys, refusing_later) == old_kid
+    assert _copy_kid(servicekeys, refusing) is None

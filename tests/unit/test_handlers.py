@@ -23,8 +23,15 @@ CONFIG = OperatorConfig(vault=VaultSettings(addr="http://127.0.0.1:8200", token=
 LOGGER = logging.getLogger("test")
 
 
+@pytest.fixture(autouse=True)
+def no_event_posting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events are posted through kopf's context, which a bare run_pass lacks; tests that count them patch again."""
+    monkeypatch.setattr(handlers, "_post", lambda *_: None)
+
+
 class PassStarted(Exception):
-    """Raised by the stand-in reconciler: this test is about whether a pass starts at all."""
+    """Raised by the stand-in reconciler: these tests are about whether a pass starts at all (to the handlers,
+    an unexpected exception, which they report as InternalError)."""
 
 
 class RecordingReconciler:
@@ -51,12 +58,22 @@ class NamespaceUids:
         return f"uid-of-{namespace}"
 
 
+class StatusRecorder(NamespaceUids):
+    """Stands in for the Kubernetes gateway: records status patches."""
+
+    def __init__(self) -> None:
+        self.patches: list[dict[str, Any]] = []
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.patches.append(status)
+
+
 def servicekey(uid: str) -> dict[str, Any]:
     return {"metadata": {"namespace": "team", "name": "signer", "uid": uid}, "spec": {"algorithm": "ES256"}}
 
 
 def state_with(reconciler: RecordingReconciler) -> handlers.OperatorState:
-    return handlers.OperatorState(config=CONFIG, reconciler=reconciler, kube=NamespaceUids(),  # type: ignore[arg-type]
+    return handlers.OperatorState(config=CONFIG, reconciler=reconciler, kube=StatusRecorder(),  # type: ignore[arg-type]
                                   keygen=None,  # type: ignore[arg-type]
                                   passes_in_flight=asyncio.Semaphore(handlers.CONCURRENT_PASSES),
                                   gate=PeeringGate(None, None, "test", 1), settings=kopf.OperatorSettings())
@@ -86,8 +103,7 @@ def test_a_servicekey_recreated_under_the_same_name_is_reconciled():
         state = state_with(reconciler)
         memo = type("Memo", (), {"state": state})()
         await handlers.finalize_servicekey(body=servicekey("old"), memo=memo, logger=LOGGER, retry=0)
-        with pytest.raises(PassStarted):
-            await handlers.run_pass(state, servicekey("new"), LOGGER)
+        await handlers.run_pass(state, servicekey("new"), LOGGER)
         return reconciler.calls
 
     assert asyncio.run(scenario()) == ["finalize old", "reconcile new"]
@@ -138,14 +154,23 @@ class FlakyReconciler:
         return Outcome(self.history, KeyDecision(KeyAction.KEEP, "UpToDate"), configmap_version="7")
 
 
-class StatusRecorder(NamespaceUids):
-    """Stands in for the Kubernetes gateway: records status patches."""
+def test_an_unexpected_exception_ends_the_pass_with_a_status_an_event_and_the_keys_backoff(monkeypatch):
+    # Issue #15.8: such a pass used to leave only a log line, no status, and a silent retry 5 minutes later.
+    events: list[Any] = []
+    monkeypatch.setattr(handlers, "_post", lambda body, posted: events.extend(posted))
 
-    def __init__(self) -> None:
-        self.patches: list[dict[str, Any]] = []
+    async def scenario() -> tuple[handlers.OperatorState, StatusRecorder]:
+        state = state_with(RecordingReconciler())
+        await handlers.run_pass(state, servicekey("uid-1"), LOGGER)
+        return state, state.kube  # type: ignore[return-value]
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.patches.append(status)
+    state, recorder = asyncio.run(scenario())
+
+    [patch] = recorder.patches
+    assert (ready_condition(patch)["status"], ready_condition(patch)["reason"]) == ("False", "InternalError")
+    assert "PassStarted" in ready_condition(patch)["message"]
+    assert [(event.type, event.reason) for event in events] == [("Warning", "InternalError")]
+    assert state.consecutive_failures[("team", "signer")] == 1  # the key's own backoff, not the 5-minute retry
 
 
 def test_a_success_after_a_failure_writes_status_even_when_the_body_has_not_caught_up(monkeypatch):

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import time
 from collections.abc import Collection
 from typing import Any
 
 import hvac.exceptions
 
+from servicekey_operator.errors import InvalidSpec, VaultPermissionDenied
 from servicekey_operator.keys import KeyPair
 from servicekey_operator.vault.connection import VaultConnection, vault_call
 from servicekey_operator.vault.ownership import Owner, RecordedOwner, verify_owner
@@ -31,6 +33,7 @@ from servicekey_operator.vault.records import (
     StoredKey,
     TransitClaim,
     TransitRef,
+    live_versions,
     metadata_owner,
     parse_time,
     parse_transit_claims,
@@ -38,6 +41,9 @@ from servicekey_operator.vault.records import (
 
 # Keep more versions than the largest retainPrevious (10) so history outlives the JWKS window.
 KV_MAX_VERSIONS = 32
+# How long a mount found to be KV v2 is trusted: re-mounting is rare, and a check per pass would cost a request.
+MOUNT_CHECK_SECONDS = 300.0
+WRITE_MOUNT_CHECK_SECONDS = 10.0
 # The key published ahead of use lives beside the secret, so signers reading the secret's latest
 # version never see it before it is promoted. It names its owner like every version, so a key's own secret
 # that happens to sit at another key's pending path is never mistaken for (promoted or deleted as) a
@@ -101,6 +107,36 @@ class KvKeyStore:
 
     def __init__(self, connection: VaultConnection) -> None:
         self.connection = connection
+        # mount -> when it was last found to be KV version 2 (time.monotonic())
+        self._kv2_mounts: dict[str, float] = {}
+
+    def check_mount(self, mount: str, path: str, *, trusted_for: float = MOUNT_CHECK_SECONDS) -> None:
+        """Raise InvalidSpec, before anything is read or written, unless ``mount`` is a KV version 2 engine: a
+        KV version 1 mount would take the private key through the v2 API as a plain secret at ``data/<path>``.
+
+        Vault API: GET sys/internal/ui/mounts/<mount> (what the ``vault kv`` CLI asks; allowed to any token with
+        a capability below the mount). A check is trusted for ``trusted_for`` seconds: ``MOUNT_CHECK_SECONDS``
+        for a read, ``WRITE_MOUNT_CHECK_SECONDS`` before a write (the mount may have been re-mounted meanwhile; a
+        burst of writes still costs one check). ``path`` (the secret's) is for messages only. Raises
+        VaultPermissionDenied when the mount does not exist or the token has no capability below it (Vault does
+        not tell the two apart).
+        """
+        checked_at = self._kv2_mounts.get(mount)
+        if checked_at is not None and time.monotonic() - checked_at < trusted_for:
+            return
+        client = self.connection.client  # outside the try: a login failure is not a mount problem
+        try:
+            with vault_call("read_mount", f"reading the engine of mount {mount}"):
+                reply = client.adapter.get(f"/v1/sys/internal/ui/mounts/{mount}")
+        except VaultPermissionDenied as denied:  # Vault answers so for a mount that does not exist, too
+            raise VaultPermissionDenied(f"vault.mount {mount!r} (for {mount}/{path}) does not exist, or the "
+                                        f"operator's token may not use it ({denied})") from denied
+        data = (reply.get("data") if isinstance(reply, dict) else None) or {}
+        engine, version = data.get("type"), str((data.get("options") or {}).get("version") or "1")
+        if engine != "kv" or version != "2":
+            kind = f"KV version {version}" if engine == "kv" else f"a {engine or 'unknown'} engine"
+            raise InvalidSpec(f"vault.mount {mount!r} is {kind}, not KV version 2: nothing was written there")
+        self._kv2_mounts[mount] = time.monotonic()
 
     @property
     def _kv(self) -> Any:  # hvac's KvV2 has no public type
@@ -113,14 +149,27 @@ class KvKeyStore:
             except hvac.exceptions.InvalidPath:
                 return None
 
-    def _version_data(self, mount: str, path: str, version: int) -> dict[str, str]:
+    def _version_data(self, mount: str, path: str, version: int) -> dict[str, str] | None:
+        """One version's data; None when Vault has deleted it since its metadata said it was live (its
+        ``deletion_time`` passed meanwhile, or Vault's clock is ahead of ours)."""
         with vault_call("read_version", f"reading {mount}/{path} version {version}"):
-            reply = self._kv.read_secret_version(path=path, version=version, mount_point=mount,
-                                                 raise_on_deleted_version=True)
+            try:
+                reply = self._kv.read_secret_version(path=path, version=version, mount_point=mount,
+                                                     raise_on_deleted_version=True)
+            except hvac.exceptions.InvalidPath:
+                return None
         return reply["data"]["data"]
 
-    def _version(self, mount: str, path: str, version: int) -> StoredKey:
-        return _stored_key(version, self._version_data(mount, path, version))
+    def _readable_versions(self, mount: str, path: str, live: list[int], wanted: int) -> list[tuple[int, dict]]:
+        """The first ``wanted`` of the ``live`` versions (newest first) that can still be read, with their data."""
+        readable: list[tuple[int, dict]] = []
+        for number in live:
+            if len(readable) == wanted:
+                break
+            data = self._version_data(mount, path, number)
+            if data is not None:
+                readable.append((number, data))
+        return readable
 
     def read(self, mount: str, path: str, owner: Owner, retain_previous: int, *, with_pending: bool,
              adopt_namespace_uid: str | None = None) -> KeyHistory:
@@ -131,6 +180,7 @@ class KvKeyStore:
         ``adopt_namespace_uid`` is the earlier namespace whose records ``owner`` may adopt (its annotation).
         """
         where = f"{mount}/{path}"
+        self.check_mount(mount, path)
         metadata = self._metadata(mount, path)
         if metadata is None:
             # Still look: a foreign secret where our pending key would go is a conflict from the start.
@@ -143,17 +193,12 @@ class KvKeyStore:
             if (named.ref, named.namespace_uid) == (owner.ref, owner.namespace_uid) else None
         adopted = {adopt_namespace_uid, recorded_adoption} - {None}
         current_version = int(metadata.get("current_version") or 0)
-        live_versions = sorted(
-            (int(number) for number, info in (metadata.get("versions") or {}).items()
-             if not info.get("destroyed") and not info.get("deletion_time")),
-            reverse=True,
-        )
+        live = live_versions(metadata.get("versions") or {}, datetime.datetime.now(datetime.UTC))
+        readable = self._readable_versions(mount, path, live, retain_previous + 1)
         keys: list[StoredKey] = []
-        if live_versions:
-            newest = self._version_data(mount, path, live_versions[0])
-            verify_owner(_recorded_owner(newest), owner, adopted, where)
-            keys = [_stored_key(live_versions[0], newest),
-                    *(self._version(mount, path, number) for number in live_versions[1: retain_previous + 1])]
+        if readable:
+            verify_owner(_recorded_owner(readable[0][1]), owner, adopted, where)
+            keys = [_stored_key(number, data) for number, data in readable]
         elif named.ref is not None:
             verify_owner(named, owner, adopted, where)
         else:
@@ -192,9 +237,13 @@ class KvKeyStore:
 
     def write_metadata(self, mount: str, path: str, custom_metadata: dict[str, str]) -> None:
         """Replace the secret's custom_metadata (see ``records.record_metadata``)."""
+        # Not hvac's update_metadata, which always sends delete_version_after ("0s" by default) and so would
+        # erase the administrator's setting; a field left out keeps its value (Vault API: POST
+        # <mount>/metadata/<path>).
+        client = self.connection.client
         with vault_call("write_metadata", f"writing the metadata of {mount}/{path}"):
-            self._kv.update_metadata(path=path, mount_point=mount, max_versions=KV_MAX_VERSIONS,
-                                     custom_metadata=custom_metadata)
+            client.adapter.post(f"/v1/{mount}/metadata/{path}",
+                                json={"max_versions": KV_MAX_VERSIONS, "custom_metadata": custom_metadata})
 
     def write(self, mount: str, path: str, keypair: KeyPair, *, owner: Owner, service_name: str,
               rotate_annotation: str | None, rotation_reason: str, created_at: datetime.datetime,
@@ -205,6 +254,7 @@ class KvKeyStore:
         ``transit`` records a Transit key instead of the private key itself. Raises VaultWriteConflict
         when another writer got there first.
         """
+        self.check_mount(mount, path, trusted_for=WRITE_MOUNT_CHECK_SECONDS)
         data = _secret_data(keypair, owner, service_name, rotate_annotation, rotation_reason, created_at, transit)
         with vault_call("write_version", f"writing {mount}/{path}"):
             reply = self._kv.create_or_update_secret(path=path, secret=data, cas=expected_version,
@@ -219,6 +269,7 @@ class KvKeyStore:
 
         Raises VaultWriteConflict when another writer got there first.
         """
+        self.check_mount(mount, path, trusted_for=WRITE_MOUNT_CHECK_SECONDS)
         data = _secret_data(keypair, owner, service_name, rotate_annotation, rotation_reason, created_at)
         data.update(activate_at=_format_time(activate_at))
         with vault_call("write_version", f"writing {mount}/{pending_path(path)}"):

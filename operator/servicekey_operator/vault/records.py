@@ -33,6 +33,20 @@ def parse_time(text: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def live_versions(versions: Mapping[str, Mapping[str, object]], now: datetime.datetime) -> list[int]:
+    """The version numbers of a KV v2 secret that can still be read, newest first.
+
+    ``versions`` is the ``versions`` map of the secret's metadata (Vault API: GET <mount>/metadata/<path>): a
+    version is gone when ``destroyed``, or deleted once its ``deletion_time`` has passed. A future
+    ``deletion_time`` is the mount's or the secret's ``delete_version_after`` at work: the version is live
+    until then.
+    """
+    def live(info: Mapping[str, object]) -> bool:
+        deletion_time = str(info.get("deletion_time") or "")
+        return not info.get("destroyed") and (not deletion_time or parse_time(deletion_time) > now)
+    return sorted((int(number) for number, info in versions.items() if live(info)), reverse=True)
+
+
 @dataclass(frozen=True, order=True)
 class TransitClaim:
     """A Transit key a record may create and own: its mount and key type (the name follows from the path)."""
