@@ -266,8 +266,11 @@ def test_helm_upgrade_to_a_new_image_and_two_replicas_then_uninstall_leaves_noth
     helm(dev_env, "uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE, "--wait", "--timeout", "120s")
     dev_env.kube.kubectl("delete", "namespace", "demo", "--timeout=120s")
 
-    remaining = dev_env.kube.kubectl("get", "all,serviceaccounts,configmaps,networkpolicies", "-n",
-                                     RELEASE_NAMESPACE, "-l", f"app.kubernetes.io/instance={RELEASE}",
-                                     "-o", "name").stdout.split()
-    assert remaining == []
+    def remaining() -> list[str]:
+        return dev_env.kube.kubectl("get", "all,serviceaccounts,configmaps,networkpolicies", "-n",
+                                    RELEASE_NAMESPACE, "-l", f"app.kubernetes.io/instance={RELEASE}",
+                                    "-o", "name").stdout.split()
+    # helm --wait waits for the Deployment; its pods go afterwards, through the garbage collector and their
+    # graceful termination: gone within a bound, not at once.
+    wait_for(lambda: remaining() == [], 90, "the release's objects, pods included, to be gone")
     assert dev_env.kube.kubectl("get", "namespace", "demo", check=False).returncode != 0
