@@ -31,8 +31,15 @@ DEFAULT_PUBLISH_AHEAD_SECONDS = 180.0
 # replaces signs nothing more (verifiers that do not have the new key yet reject its tokens meanwhile).
 EMERGENCY_PREFIX = "emergency:"
 _DIGEST = re.compile(rf"^({EMERGENCY_PREFIX})?sha256:[0-9a-f]{{64}}$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+# The grammar of the CRD's pattern (Go's time.ParseDuration): micro is "us", or "µs" with either the micro
+# sign U+00B5 or the Greek mu U+03BC.
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
+                 "h": 3600.0}
+# The CRD's upper bounds (CEL), here too for objects admitted before them: a schedule or window beyond them is
+# a typo, and would overflow the date arithmetic (Python's datetime ends in the year 9999).
+MAX_PERIOD_SECONDS = 87600 * 3600.0  # 10 years
+MAX_PUBLISH_AHEAD_SECONDS = 8760 * 3600.0  # 1 year
 # Vault's built-in mounts: cubbyhole would silently accept (and keep, per token) whatever is written.
 RESERVED_MOUNTS = frozenset({"cubbyhole", "sys", "identity", "auth"})
 _PATH_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -129,6 +136,8 @@ def desired_key(namespace: str, name: str, uid: str, spec: Mapping[str, Any],
     rotation = spec.get("rotation") or {}
     period = rotation.get("period")
     period_seconds = parse_duration_seconds(period) if period else None
+    if period_seconds is not None and period_seconds > MAX_PERIOD_SECONDS:
+        raise InvalidSpec(f"rotation.period {period!r} is longer than 87600h (10 years)")
     if period_seconds is not None and period_seconds < MIN_ROTATION_PERIOD_SECONDS:
         raise InvalidSpec(f"rotation.period {period!r} is shorter than 1m: verifiers would not have a key "
                           "before it is retired")
@@ -140,6 +149,8 @@ def desired_key(namespace: str, name: str, uid: str, spec: Mapping[str, Any],
         publish_ahead_seconds = 0.0  # Transit signs with a new version as soon as it exists
     else:
         publish_ahead_seconds = min(DEFAULT_PUBLISH_AHEAD_SECONDS, (period_seconds or math.inf) / 2)
+    if publish_ahead_seconds > MAX_PUBLISH_AHEAD_SECONDS:
+        raise InvalidSpec(f"rotation.publishAhead {rotation['publishAhead']!r} is longer than 8760h (a year)")
     if period_seconds is not None and publish_ahead_seconds >= period_seconds:
         raise InvalidSpec("rotation.publishAhead must be shorter than rotation.period")
     retain_previous = int(rotation.get("retainPrevious", 1))

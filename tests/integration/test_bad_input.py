@@ -117,7 +117,16 @@ CORPUS = [
            "must be shorter than rotation.period"),
     reject("publish-ahead-equal-to-period", {"rotation": {"period": "1h", "publishAhead": "60m"}},
            "must be shorter than rotation.period"),
-    ends_in("period-of-centuries", {"algorithm": "EdDSA", "rotation": {"period": "2000000h"}}, "KeyReady"),
+    # Issue #15.9: one grammar and the same bounds at admission and in the operator.
+    reject("period-of-centuries", {"algorithm": "EdDSA", "rotation": {"period": "2000000h"}}, "at most 87600h"),
+    reject("period-over-ten-years", {"rotation": {"period": "87601h"}}, "at most 87600h"),
+    reject("publish-ahead-over-a-year", {"rotation": {"publishAhead": "8761h"}}, "at most 8760h"),
+    reject("publish-ahead-beyond-duration-range", {"rotation": {"publishAhead": "70000000h"}},
+           "google.protobuf.Duration"),
+    ends_in("publish-ahead-in-greek-mu-microseconds", {"algorithm": "EdDSA",
+                                                       "rotation": {"publishAhead": "90000000\u03bcs"}}, "KeyReady"),
+    ends_in("publish-ahead-in-micro-sign-microseconds", {"algorithm": "EdDSA",
+                                                         "rotation": {"publishAhead": "90000000\u00b5s"}}, "KeyReady"),
     # Vault paths and mounts.
     reject("path-leading-slash", {"vault": {"path": "/servicekeys/x"}}, "must not start with '/'"),
     reject("path-trailing-slash", {"vault": {"path": "servicekeys/x/"}}, "must not end with '/'"),

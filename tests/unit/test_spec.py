@@ -63,3 +63,22 @@ def test_publish_ahead_defaults_to_three_minutes_within_half_the_period(spec, se
 def test_what_admission_cannot_express_is_invalid_spec(spec, message):
     with pytest.raises(InvalidSpec, match=message):
         desired_key("ns", "name", "uid", spec, {}, CONFIG)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("90s", 90.0), ("1h30m", 5400.0), ("2.5s", 2.5), ("1500ms", 1.5), ("7us", 7e-6),
+    ("7\u00b5s", 7e-6),  # the micro sign
+    ("7\u03bcs", 7e-6),  # the Greek mu: the CRD's pattern (and Go's ParseDuration) admit both
+])
+def test_durations_follow_the_crd_grammar(text, seconds):
+    assert parse_duration_seconds(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(("rotation", "field"), [
+    ({"period": "87601h"}, "rotation.period"),
+    ({"publishAhead": "8761h"}, "rotation.publishAhead"),
+    ({"publishAhead": "70000000h"}, "rotation.publishAhead"),  # used to overflow the next rotate request
+])
+def test_durations_beyond_the_crd_bounds_are_invalid(rotation, field):
+    with pytest.raises(InvalidSpec, match=field):
+        desired_key("ns", "name", "uid", {"rotation": rotation}, {}, CONFIG)
