@@ -25,18 +25,20 @@ def helm(env: DevEnvironment, *args: str) -> subprocess.CompletedProcess[str]:
     return result
 
 
+def _set_flags(*values: str) -> list[str]:
+    return [flag for value in values for flag in ("--set", value)]
+
+
 def install_chart(env: DevEnvironment, *set_values: str) -> str:
     """``helm install`` the chart (token auth against the local OpenBao); return its ServiceAccount's name.
 
-    There is no kubelet here, so the Deployment never runs: the operator runs as a local process with
-    the ServiceAccount's identity instead (see ``service_account_kubeconfig``).
+    For the tests without the node: the Deployment never runs, and the operator runs as a local process with
+    the ServiceAccount's identity instead (see ``service_account_kubeconfig``; ``install_operator_pod`` is the
+    chart on the node).
     """
-    args = ["install", RELEASE, str(CHART_DIR), "--namespace", RELEASE_NAMESPACE, "--create-namespace",
-            "--set", f"vault.address={env.vault.addr}", "--set", "vault.auth.method=token",
-            "--set", "vault.auth.token.secretName=servicekey-operator-vault-token"]
-    for value in set_values:
-        args += ["--set", value]
-    helm(env, *args)
+    helm(env, "install", RELEASE, str(CHART_DIR), "--namespace", RELEASE_NAMESPACE, "--create-namespace",
+         *_set_flags(f"vault.address={env.vault.addr}", "vault.auth.method=token",
+                     "vault.auth.token.secretName=servicekey-operator-vault-token", *set_values))
     accounts = env.kube.kubectl("get", "serviceaccounts", "-n", RELEASE_NAMESPACE, "-l",
                                 f"app.kubernetes.io/instance={RELEASE}", "-o", "name").stdout.split()
     if len(accounts) != 1:
@@ -72,6 +74,6 @@ def install_operator_pod(env: DevEnvironment, *set_values: str, timeout: float =
     repository, tag = image.rsplit(":", 1)
     prepare_vault_for_the_chart(env)
     helm(env, "install", RELEASE, str(CHART_DIR), "--namespace", RELEASE_NAMESPACE, "--create-namespace",
-         "--set", f"image.repository={repository}", "--set", f"image.tag={tag}", "--set", "image.pullPolicy=Never",
-         "--set", f"vault.address={env.vault.pod_addr}", *(arg for value in set_values for arg in ("--set", value)))
+         *_set_flags(f"image.repository={repository}", f"image.tag={tag}", "image.pullPolicy=Never",
+                     f"vault.address={env.vault.pod_addr}", *set_values))
     wait_for_deployment(env.kube, RELEASE_NAMESPACE, RELEASE, timeout)

@@ -99,9 +99,8 @@ class DevEnvironment:
         if self._stopped:
             return
         self._stopped = True
-        if self.node is not None:  # while the API is up: its pods are deleted through it
-            with contextlib.suppress(Exception):
-                self.node.stop()
+        with contextlib.suppress(Exception):  # while the API is up: the node's pods are deleted through it
+            self.stop_node()
         with contextlib.suppress(Exception):
             self.kube.stop()
         with contextlib.suppress(Exception):

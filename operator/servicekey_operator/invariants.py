@@ -780,9 +780,9 @@ class _Vault:
             if data is None:
                 continue  # deleted since the metadata was read (its deletion_time passed meanwhile)
             try:
-                versions.append(VaultKey.from_data(number, data or {}))
+                versions.append(VaultKey.from_data(number, data))
             except (KeyError, ValueError):
-                malformed.append(f"version {number} is not a key record (fields {sorted(data or {})})")
+                malformed.append(f"version {number} is not a key record (fields {sorted(data)})")
         pending = None
         pending_data = self._data(mount, f"{path}/{PENDING_SUFFIX}", None)
         if pending_data is not None:

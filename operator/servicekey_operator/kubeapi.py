@@ -68,9 +68,9 @@ def _refusal(failed: ApiException) -> tuple[str, str]:
         status = json.loads(failed.body or "{}")
     except (TypeError, ValueError):
         status = {}
-    reason = str(status.get("reason") or failed.reason or "Refused") if isinstance(status, dict) else "Refused"
-    message = str(status.get("message") or "") if isinstance(status, dict) else ""
-    return reason, message[:300]
+    if not isinstance(status, dict):
+        status = {}
+    return str(status.get("reason") or failed.reason or "Refused"), str(status.get("message") or "")[:300]
 
 
 def _json(reply: urllib3.BaseHTTPResponse) -> dict[str, Any]:

@@ -123,9 +123,10 @@ def test_the_example_signer_signs_and_the_example_verifier_verifies(
 
 
 def _rotation_report(pairs: dict[str, Pair]) -> str:
-    return json.dumps({kind: {"stats": {k: v for k, v in pair.stats().items() if k != "failures"},
-                              "failures": pair.stats()["failures"][-3:], **pair.notes}
-                       for kind, pair in pairs.items()}, indent=1)
+    def report(stats: dict[str, Any], notes: dict[str, float]) -> dict[str, Any]:
+        return {"stats": {k: v for k, v in stats.items() if k != "failures"}, "failures": stats["failures"][-3:],
+                **notes}
+    return json.dumps({kind: report(pair.stats(), pair.notes) for kind, pair in pairs.items()}, indent=1)
 
 
 def _emergency_window(pair: Pair, compromised: str) -> dict[str, float]:
