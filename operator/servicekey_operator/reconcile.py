@@ -23,7 +23,7 @@ from servicekey_operator.faults import crash_point
 from servicekey_operator.keys import KeyPair
 from servicekey_operator.kubeapi import KubeGateway, NamespaceUnavailable
 from servicekey_operator.spec import DesiredKey, rotate_request_digest
-from servicekey_operator.vault.kv import KvKeyStore
+from servicekey_operator.vault.kv import KV_MAX_VERSIONS, KvKeyStore
 from servicekey_operator.vault.ownership import Owner
 from servicekey_operator.vault.records import (
     ADOPTED_NAMESPACE_UID_METADATA_KEY,
@@ -118,7 +118,8 @@ def decide_key(desired: DesiredKey, history: KeyHistory, published_kids: frozens
     """
     current, pending = history.current, history.pending
     if current is None:
-        return KeyDecision(KeyAction.WRITE, "Created")
+        # A latest version deleted or destroyed by someone else: nothing signs; write one new key, once.
+        return KeyDecision(KeyAction.WRITE, "CurrentKeyDeleted" if history.current_version else "Created")
     answered = {rotate_request_digest(key.rotate_annotation) for key in (current, pending) if key is not None}
     if desired.emergency and desired.rotate_request not in answered:
         # A compromised key signs nothing more, now: no publishAhead, and a staged key is replaced too.
@@ -332,7 +333,8 @@ class Reconciler:
 
     def _mirror_metadata(self, desired: DesiredKey, owner: Owner, history: KeyHistory, reread: bool) -> None:
         """Write the secret's custom_metadata if it does not say what the record proves (a new key, a
-        re-created or adopting ServiceKey, a changed deletionPolicy); a healthy key writes nothing.
+        re-created or adopting ServiceKey, a changed deletionPolicy, an administrator's edit), or if the
+        secret keeps fewer versions than retention needs; a healthy key writes nothing.
         ``reread``: compare with the metadata as Vault holds it now, not as this pass read or wrote it."""
         if history.owner != owner.ref:
             return
@@ -340,7 +342,7 @@ class Reconciler:
                                  adoption(history, owner.namespace_uid))
         current = self.store.custom_metadata(desired.record_mount, desired.vault_path) if reread \
             else dict(history.metadata)
-        if wanted != current:
+        if wanted != current or history.max_versions < KV_MAX_VERSIONS:
             self.store.write_metadata(desired.record_mount, desired.vault_path, wanted)
 
     async def _carry_out(self, desired: DesiredKey, owner: Owner, history: KeyHistory, decision: KeyDecision,
@@ -391,11 +393,17 @@ class Reconciler:
             pending = await asyncio.to_thread(
                 self.store.write_pending, mount, path, keypair, owner=owner, service_name=desired.service_name,
                 rotate_annotation=desired.rotate_request, rotation_reason=decision.reason, created_at=now,
-                activate_at=activate_at)
+                activate_at=activate_at,
+                # After a spec change the old pending key was deleted just now, path and all.
+                expected_revision=0 if history.pending is not None else history.pending_revision)
             crash_point("pending-write")
             self.logger.info(f"staged key {pending.kid}, signing from {activate_at.isoformat()} ({decision.reason})")
-            return Outcome(dataclasses.replace(history, pending=pending), decision, events=[Event(
-                "Normal", "Staged", f"staged {pending.kid}: published now, signing from {activate_at.isoformat()}")])
+            events = [Event("Normal", "Staged",
+                            f"staged {pending.kid}: published now, signing from {activate_at.isoformat()}")]
+            if history.pending is None and history.pending_revision:
+                events.insert(0, Event("Warning", "PendingKeyDeleted", "the staged key was deleted or destroyed in "
+                                       f"Vault by someone else and is withdrawn; {pending.kid} replaces it"))
+            return Outcome(dataclasses.replace(history, pending=pending), decision, events=events)
         written = await asyncio.to_thread(self._write, desired, owner, history, keypair, desired.rotate_request,
                                           decision.reason, now)
         return self._rotated(history, owner, written, decision)
@@ -405,6 +413,9 @@ class Reconciler:
         old_kid = history.current.kid if history.current else None
         if old_kid:
             event = Event("Normal", "Rotated", f"rotated ({decision.reason}): {old_kid} -> {written.kid}")
+        elif decision.reason == "CurrentKeyDeleted":
+            event = Event("Warning", decision.reason, f"version {history.current_version} was deleted or destroyed in "
+                          f"Vault by someone else; generated {written.kid} as version {written.version}")
         else:
             event = Event("Normal", "Generated", f"generated {written.algorithm} key {written.kid}")
         return Outcome(_with_new_current(history, owner, written), decision, events=[event])
@@ -477,7 +488,7 @@ class Reconciler:
         if metadata_owner(history.metadata).ref == owner.ref:  # an adoption the operator recorded for this owner
             adopted.add(history.metadata.get(ADOPTED_NAMESPACE_UID_METADATA_KEY))
         try:
-            if self.store.read_pending(mount, path, owner, adopted) is not None:
+            if self.store.read_pending(mount, path, owner, adopted) != (None, 0):
                 self.store.delete_pending(mount, path)
         except VaultPathConflict as foreign:
             events.append(Event("Warning", "DeleteSkipped", f"{foreign}; not deleted"))

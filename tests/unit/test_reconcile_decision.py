@@ -45,6 +45,10 @@ STAGED = _key("kid-4", annotation="a", activate_at=T0 + 2 * MINUTE)
 
 @pytest.mark.parametrize(("spec", "annotations", "history", "now", "expected"), [
     ({"algorithm": "ES256"}, {}, NO_KEY, T0, (KeyAction.WRITE, "Created")),
+    # Someone deleted or destroyed the latest version: one new key, named for what happened.
+    ({"algorithm": "ES256"}, {}, KeyHistory("ns/sk", 3, None), T0, (KeyAction.WRITE, "CurrentKeyDeleted")),
+    # A staged key deleted in Vault reads as none (with the pending path's revision left): the request stands.
+    (AHEAD, ROTATE_A, replace(_history(), pending_revision=1), T0, (KeyAction.STAGE, "Requested")),
     (AHEAD, ROTATE_A, NO_KEY, T0, (KeyAction.WRITE, "Created")),
     ({"algorithm": "ES256"}, {}, _history(), T0, (KeyAction.KEEP, "UpToDate")),
     ({"algorithm": "ES384"}, {}, _history(), T0, (KeyAction.WRITE, "SpecChanged")),
@@ -67,7 +71,8 @@ STAGED = _key("kid-4", annotation="a", activate_at=T0 + 2 * MINUTE)
     (AHEAD, ROTATE_A, _history(pending=replace(STAGED, kid="kid-3")), T0, (KeyAction.CLEAR_PENDING, "Rotating")),
     ({"algorithm": "ES384", "rotation": {"publishAhead": "2m"}}, ROTATE_A, _history(pending=STAGED), T0 + MINUTE,
      (KeyAction.STAGE, "SpecChanged")),
-], ids=["no-key", "no-key-ignores-publish-ahead", "up-to-date", "algorithm-changed", "rsa-size-changed",
+], ids=["no-key", "current-deleted", "pending-deleted", "no-key-ignores-publish-ahead", "up-to-date",
+        "algorithm-changed", "rsa-size-changed",
         "rsa-default-size", "annotation-new", "annotation-answered", "annotation-removed", "period-not-due",
         "period-due", "spec-change-wins", "publish-ahead-stages", "schedule-not-yet-staged",
         "schedule-staged-ahead-of-tick", "pending-waits", "pending-promoted-on-time",

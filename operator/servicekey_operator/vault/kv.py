@@ -184,8 +184,8 @@ class KvKeyStore:
         metadata = self._metadata(mount, path)
         if metadata is None:
             # Still look: a foreign secret where our pending key would go is a conflict from the start.
-            pending = self.read_pending(mount, path, owner, {adopt_namespace_uid}) if with_pending else None
-            return KeyHistory(owner=None, current_version=0, current=None, pending=pending)
+            pending, revision = self._pending(mount, path, owner, {adopt_namespace_uid}, with_pending)
+            return KeyHistory(owner=None, current_version=0, current=None, pending=pending, pending_revision=revision)
         custom = dict(metadata.get("custom_metadata") or {})
         named = metadata_owner(custom)
         # An adoption is recorded in the metadata only after it was proven, so it holds for later passes.
@@ -203,40 +203,74 @@ class KvKeyStore:
             verify_owner(named, owner, adopted, where)
         else:
             # Versions all deleted (or none yet) and nothing claimed: nobody's yet.
-            pending = self.read_pending(mount, path, owner, adopted) if with_pending else None
-            return KeyHistory(owner=None, current_version=current_version, current=None, pending=pending)
-        pending = self.read_pending(mount, path, owner, adopted) if with_pending else None
+            pending, revision = self._pending(mount, path, owner, adopted, with_pending)
+            return KeyHistory(owner=None, current_version=current_version, current=None, pending=pending,
+                              pending_revision=revision)
+        pending, revision = self._pending(mount, path, owner, adopted, with_pending)
         # The metadata's claims count only while it names this owner; the versions' own Transit keys always.
         claims = {TransitClaim(key.transit.mount, key.transit.key_name.rsplit(".", 1)[-1])
                   for key in keys if key.transit and key.transit.mount}
         if named.ref == owner.ref and named.namespace_uid in (owner.namespace_uid, *adopted):
             claims |= parse_transit_claims(custom.get(TRANSIT_KEYS_METADATA_KEY))
         current = keys[0] if keys and keys[0].version == current_version else None
-        return KeyHistory(owner=owner.ref, current_version=current_version, current=current,
-                          previous=tuple(keys[1:]) if current else (), pending=pending, metadata=custom,
-                          transit_claims=frozenset(claims))
+        # With the latest version deleted or destroyed, the live ones before it are still retained keys.
+        previous = tuple(keys[1:]) if current else tuple(keys[:retain_previous])
+        return KeyHistory(owner=owner.ref, current_version=current_version, current=current, previous=previous,
+                          pending=pending, pending_revision=revision, metadata=custom,
+                          max_versions=int(metadata.get("max_versions") or 0), transit_claims=frozenset(claims))
 
-    def read_pending(self, mount: str, path: str, owner: Owner, adopted: Collection[str | None]) -> StoredKey | None:
-        """The key staged at ``<path>/pending``, or None; raises VaultPathConflict unless it is ``owner``'s
-        (``adopted``: earlier namespace uids it may adopt, see ``read``)."""
+    def _pending(self, mount: str, path: str, owner: Owner, adopted: Collection[str | None],
+                 wanted: bool) -> tuple[StoredKey | None, int]:
+        return self.read_pending(mount, path, owner, adopted) if wanted else (None, 0)
+
+    def read_pending(self, mount: str, path: str, owner: Owner,
+                     adopted: Collection[str | None]) -> tuple[StoredKey | None, int]:
+        """(the key staged at ``<path>/pending`` or None, that path's current KV version: what staging the next
+        key names in its check-and-set, 0 when nothing was ever written there).
+
+        A latest version that was deleted or destroyed (an administrator cancelling a rotation) is no pending
+        key. Raises VaultPathConflict unless what is there is ``owner``'s (``adopted``: earlier namespace uids it
+        may adopt, see ``read``).
+        """
+        where = f"{mount}/{pending_path(path)} (this ServiceKey's pending key)"
         with vault_call("read_version", f"reading {mount}/{pending_path(path)}"):
             try:
                 reply = self._kv.read_secret_version(path=pending_path(path), mount_point=mount,
                                                      raise_on_deleted_version=True)
-            except hvac.exceptions.InvalidPath:
-                return None
+            except hvac.exceptions.InvalidPath as missing:
+                # Vault answers a deleted or destroyed latest version with 404 and that version's metadata.
+                metadata = (((missing.json or {}).get("data") or {}).get("metadata") or {})
+                if not metadata.get("version"):
+                    return None, 0
+                return None, self._cancelled_pending_revision(mount, path, owner, adopted, where)
         data = reply["data"]["data"]
         # Another key's secret that merely sits where ours would keep its pending key is a conflict.
-        verify_owner(_recorded_owner(data), owner, adopted,
-                     f"{mount}/{pending_path(path)} (this ServiceKey's pending key)")
-        return dataclasses.replace(_stored_key(0, data), pending_revision=int(reply["data"]["metadata"]["version"]))
+        verify_owner(_recorded_owner(data), owner, adopted, where)
+        revision = int(reply["data"]["metadata"]["version"])
+        return dataclasses.replace(_stored_key(0, data), pending_revision=revision), revision
+
+    def _cancelled_pending_revision(self, mount: str, path: str, owner: Owner, adopted: Collection[str | None],
+                                    where: str) -> int:
+        """The current version of a pending path whose latest version is gone, once what remains there proves
+        to be no other key's: the owner its metadata names, else its newest readable version's."""
+        metadata = self._metadata(mount, pending_path(path))
+        if metadata is None:  # deleted meanwhile
+            return 0
+        named = metadata_owner(dict(metadata.get("custom_metadata") or {}))
+        if named.ref is not None:
+            verify_owner(named, owner, adopted, where)
+        live = live_versions(metadata.get("versions") or {}, datetime.datetime.now(datetime.UTC))
+        for _number, data in self._readable_versions(mount, pending_path(path), live, 1):
+            verify_owner(_recorded_owner(data), owner, adopted, where)
+        return int(metadata.get("current_version") or 0)
 
     def custom_metadata(self, mount: str, path: str) -> dict[str, str]:
         """The secret's custom_metadata as Vault holds it now (empty when there is none)."""
         return dict(((self._metadata(mount, path) or {}).get("custom_metadata")) or {})
 
     def write_metadata(self, mount: str, path: str, custom_metadata: dict[str, str]) -> None:
-        """Replace the secret's custom_metadata (see ``records.record_metadata``)."""
+        """Replace the secret's custom_metadata (see ``records.record_metadata``) and keep ``KV_MAX_VERSIONS``
+        versions of it (fewer would take the retained keys out of the JWKS at the next rotation)."""
         # Not hvac's update_metadata, which always sends delete_version_after ("0s" by default) and so would
         # erase the administrator's setting; a field left out keeps its value (Vault API: POST
         # <mount>/metadata/<path>).

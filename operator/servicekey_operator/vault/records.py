@@ -96,9 +96,12 @@ class KeyHistory:
 
     ``current_version`` is what a check-and-set write must name (0: nothing written yet). ``pending``
     is a key published ahead of use (``rotation.publishAhead``): it lives beside the secret until it
-    is promoted to the next version at ``pending.activate_at``. ``owner`` is set once the record has
+    is promoted to the next version at ``pending.activate_at``; ``pending_revision`` is the current KV version
+    of that pending path, which staging a key names in its check-and-set (0: nothing there; not 0 without a
+    pending key when an administrator deleted or destroyed the staged one). ``owner`` is set once the record has
     proven to be the reader's (None: nobody's yet); ``metadata`` is the secret's custom_metadata as read,
-    and ``transit_claims`` the Transit keys the record proves to be its own.
+    ``max_versions`` its own setting of how many versions Vault keeps (0: the mount's), and ``transit_claims``
+    the Transit keys the record proves to be its own.
     """
 
     owner: str | None
@@ -106,7 +109,9 @@ class KeyHistory:
     current: StoredKey | None
     previous: tuple[StoredKey, ...] = ()
     pending: StoredKey | None = None
+    pending_revision: int = 0
     metadata: Mapping[str, str] = field(default_factory=dict)
+    max_versions: int = 0
     transit_claims: frozenset[TransitClaim] = frozenset()
 
 
