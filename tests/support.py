@@ -75,8 +75,9 @@ def _b64url(data: bytes) -> str:
 
 
 def transit_jws(vault: hvac.Client, mount: str, key_name: str, algorithm: str, kid: str,
-                claims: dict[str, Any]) -> str:
-    """Sign a JWT with a Transit key: the signing input goes to transit/sign, marshaled as JWS."""
+                claims: dict[str, Any], key_version: int | None = None) -> str:
+    """Sign a JWT with a Transit key: the signing input goes to transit/sign, marshaled as JWS, with
+    ``key_version`` (None: Vault's latest version)."""
     header = _b64url(json.dumps({"alg": algorithm, "typ": "JWT", "kid": kid}).encode())
     payload = _b64url(json.dumps(claims).encode())
     hash_algorithm, signature_algorithm = _TRANSIT_SIGNING[algorithm]
@@ -87,7 +88,7 @@ def transit_jws(vault: hvac.Client, mount: str, key_name: str, algorithm: str, k
         options["signature_algorithm"] = signature_algorithm
     if signature_algorithm == "pss":
         options["salt_length"] = "hash"  # JWS PS* fixes the salt length to the hash length
-    signed = vault.secrets.transit.sign_data(name=key_name, mount_point=mount,
+    signed = vault.secrets.transit.sign_data(name=key_name, mount_point=mount, key_version=key_version,
                                              hash_input=base64.b64encode(f"{header}.{payload}".encode()).decode(),
                                              **options)
     return f"{header}.{payload}.{signed['data']['signature'].split(':')[-1]}"
@@ -237,12 +238,11 @@ class ServiceKeys:
         return True
 
     def sign_with_transit(self, name: str, claims: dict[str, Any] | None = None) -> str:
-        """A JWT signed inside Vault by transit/sign, the way the README tells a service to do it."""
-        obj = self.get(name)
-        assert obj is not None
-        mount, key_name = obj["status"]["vaultPath"].split("/keys/")
-        return transit_jws(self.vault, mount, key_name, obj["status"]["algorithm"], obj["status"]["keyId"],
-                           claims or {"sub": name})
+        """A JWT signed inside Vault by transit/sign, the way the README tells a service to do it: the key's record
+        (its KV secret's latest version) names the kid and the Transit key version to sign with."""
+        record = self.vault_secret("secret", f"servicekeys/{self.namespace}/{name}")
+        return transit_jws(self.vault, record["transit_mount"], record["transit_key"], record["algorithm"],
+                           record["kid"], claims or {"sub": name}, key_version=int(record["transit_version"]))
 
     def kids(self, configmap_name: str) -> list[str]:
         """The key ids of the ConfigMap's JWKS, in order."""

@@ -70,8 +70,11 @@ __all__ = [
     "CONFIGMAP_OWNERSHIP",
     "CURRENT_KEY_MISMATCH",
     "DELETION_POLICY_METADATA_KEY",
+    "FOREIGN_TRANSIT_VERSION",
     "INVARIANT_NAMES",
     "JWKS_MISMATCH",
+    "KEY_CHURN",
+    "MISSING_STATUS",
     "ORPHANED_SECRET",
     "OWNERSHIP_UNPROVEN",
     "PRIVATE_JWK",
@@ -96,7 +99,10 @@ INVARIANT_NAMES = {
     1: "private key material only in Vault",
     2: "the ConfigMap publishes Vault's current key",
     3: "the JWKS holds the current, pending and retained keys",
+    4: "one rotation request yields one key",
+    6: "no pass ends without a status",
     7: "tenants are isolated",
+    9: "every state Vault allows is handled",
 }
 PRIVATE_KEY_MATERIAL = "PrivateKeyMaterial"
 PRIVATE_JWK = "PrivateJwkParameter"
@@ -106,6 +112,14 @@ CONFIGMAP_OWNERSHIP = "ConfigMapOwnership"
 ORPHANED_SECRET = "OrphanedSecret"
 SHARED_KEY = "SharedKey"
 OWNERSHIP_UNPROVEN = "OwnershipUnproven"
+KEY_CHURN = "KeyChurn"
+FOREIGN_TRANSIT_VERSION = "ForeignTransitVersion"
+MISSING_STATUS = "MissingStatus"
+# Reasons a version may be written for without a new request or spec: time, and states made outside the operator.
+_UNREQUESTED_REASONS = frozenset({"Scheduled", "TransitRotated", "CurrentKeyDeleted"})
+# How long a new ServiceKey may go without a Ready condition before that is reported (a pass takes well under a
+# second; an RSA-4096 flood queues keys for seconds).
+STATUS_GRACE_SECONDS = 120.0
 PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi")
 # Secret types whose job is to hold private keys that are not ours: armour there is expected.
 KEY_HOLDING_SECRET_TYPES = ("kubernetes.io/tls", "kubernetes.io/ssh-auth")
@@ -161,6 +175,9 @@ class VaultKey:
     transit_mount: str | None = None
     owner: str | None = None
     owner_namespace_uid: str | None = None
+    key_size: str = ""
+    rotate_annotation: str = ""
+    rotation_reason: str = ""
 
     @classmethod
     def from_data(cls, version: int, data: Mapping[str, Any]) -> VaultKey:
@@ -171,7 +188,15 @@ class VaultKey:
                    transit_key=data.get("transit_key") or None,
                    transit_version=int(transit_version) if transit_version else None,
                    transit_mount=data.get("transit_mount") or None, owner=data.get("owner") or None,
-                   owner_namespace_uid=data.get("owner_namespace_uid") or None)
+                   owner_namespace_uid=data.get("owner_namespace_uid") or None,
+                   key_size=str(data.get("key_size") or ""), rotate_annotation=str(data.get("rotate_annotation") or ""),
+                   rotation_reason=str(data.get("rotation_reason") or ""))
+
+    @property
+    def asked_for(self) -> tuple[str, str, bool, str]:
+        """What a new version must differ in from the one before it, unless time or an outside state wrote it:
+        algorithm, key size, engine, rotation request."""
+        return self.algorithm, self.key_size, self.transit_key is not None, self.rotate_annotation
 
 
 @dataclass(frozen=True)
@@ -240,6 +265,7 @@ def record_violations(record: KeyRecord, owner: str) -> list[Violation]:
                                f"no live current key (latest version {record.current_version} is missing, deleted "
                                f"or destroyed), although ServiceKey {owner} is Ready"))
     named = [*record.versions, *([record.pending] if record.pending else [])]
+    found += churn_violations(record) + foreign_transit_violations(record)
     for key in named:
         which = f"version {key.version}" if key.version else "the pending key"
         public_kid = _kid_of(key.public_pem)
@@ -261,6 +287,55 @@ def record_violations(record: KeyRecord, owner: str) -> list[Violation]:
             found.append(Violation(2, CURRENT_KEY_MISMATCH, "VaultSecret", record.location,
                                    f"{which}: private_key is not the private half of its public_key (kid {key.kid})"))
     return found
+
+
+def churn_violations(record: KeyRecord) -> list[Violation]:
+    """Invariant 4: a new key that nothing asked for (another kid, but the same algorithm, size, engine and
+    rotation request as the version right before it, written for no scheduled or outside reason): a pass that
+    wrote a key it should have found. Only consecutive live versions are compared."""
+    found = []
+    for newer, older in zip(record.versions, record.versions[1:], strict=False):
+        if newer.version == older.version + 1 and newer.rotation_reason not in _UNREQUESTED_REASONS \
+                and newer.asked_for == older.asked_for and newer.kid != older.kid:
+            found.append(Violation(4, KEY_CHURN, "VaultSecret", record.location,
+                                   f"version {newer.version} (reason {newer.rotation_reason or 'none'}) replaced "
+                                   f"version {older.version} although nothing asked for a new key: same algorithm, "
+                                   "size, engine and rotation request"))
+    return found
+
+
+def foreign_transit_violations(record: KeyRecord) -> list[Violation]:
+    """Invariant 9: the current key's Transit key has a version newer than any the record names (rotated outside
+    the operator, and not adopted yet): a signer that names no ``key_version`` signs with a key no JWKS lists.
+    Needs ``record.transit_public``."""
+    current = record.current
+    if current is None or not current.transit_key:
+        return []
+    keys = (*record.versions, *([record.pending] if record.pending else []))
+    named = max(key.transit_version or 0 for key in keys if key.transit_key == current.transit_key)
+    newest = max((number for name, number in record.transit_public if name == current.transit_key), default=0)
+    if newest <= named:
+        return []
+    return [Violation(9, FOREIGN_TRANSIT_VERSION, "VaultSecret", record.location,
+                      f"Transit key {current.transit_key} has version {newest}, which no record names (newest named: "
+                      f"{named}): a signer that names no key_version signs with a key that no JWKS lists")]
+
+
+def status_violations(servicekey: Mapping[str, Any], now: datetime.datetime,
+                      grace_seconds: float = STATUS_GRACE_SECONDS) -> list[Violation]:
+    """Invariant 6: a ServiceKey older than ``grace_seconds`` without a Ready condition (a pass that ended without
+    a status, or no operator serving its namespace)."""
+    metadata = servicekey["metadata"]
+    conditions = (servicekey.get("status") or {}).get("conditions") or []
+    created = metadata.get("creationTimestamp")
+    if any(c.get("type") == "Ready" for c in conditions) or not created:
+        return []
+    age = (now - datetime.datetime.fromisoformat(str(created).replace("Z", "+00:00"))).total_seconds()
+    if age < grace_seconds:
+        return []
+    return [Violation(6, MISSING_STATUS, "ServiceKey", f"{metadata['namespace']}/{metadata['name']}",
+                      f"no Ready condition {age:.0f} s after its creation: a pass ended without a status, or no "
+                      "operator serves this namespace")]
 
 
 def _parse_jwks(text: str | None) -> list[Mapping[str, Any]] | None:
@@ -796,7 +871,7 @@ class _Vault:
 
     def transit_public(self, mount: str, record: KeyRecord) -> dict[tuple[str, int], str]:
         found: dict[tuple[str, int], str] = {}
-        for key in record.versions:
+        for key in (*record.versions, *([record.pending] if record.pending else [])):
             if not key.transit_key or (key.transit_key, key.transit_version or 0) in found:
                 continue
             try:
@@ -920,13 +995,15 @@ def _record_location(servicekey: Mapping[str, Any], desired: DesiredKey | None,
 
 def check(kube_client: kubernetes.client.ApiClient, vault_client: hvac.Client, *,
           namespaces: Sequence[str] | None = None, etcd_endpoint: str | None = None, kv_mount: str = "secret",
-          path_prefix: str = "servicekeys", transit_mount: str = "transit") -> list[Violation]:
+          path_prefix: str = "servicekeys", transit_mount: str = "transit",
+          status_grace_seconds: float = STATUS_GRACE_SECONDS) -> list[Violation]:
     """Every violation of the invariants observable at rest, in the given namespaces (all when None).
 
     Vault is read with ``vault_client`` (read and list on the KV mounts); Kubernetes with ``kube_client``
     (list ServiceKeys, ConfigMaps, Secrets and Events); etcd, if ``etcd_endpoint`` is given, through its
     JSON gateway. With ``namespaces``, only keys owned by ServiceKeys there are read from Vault and looked
-    for. API errors propagate: they are not violations.
+    for. A ServiceKey without a Ready condition is reported once it is ``status_grace_seconds`` old. API errors
+    propagate: they are not violations.
     """
     kube, vault = _Kubernetes(kube_client), _Vault(vault_client)
     config = OperatorConfig(vault=VaultSettings(addr="unused"), kv_mount=kv_mount, transit_mount=transit_mount,
@@ -947,9 +1024,10 @@ def check(kube_client: kubernetes.client.ApiClient, vault_client: hvac.Client, *
     # Invariants 2 and 3 for every ServiceKey's record and ConfigMap.
     read: set[tuple[str, str]] = set()
     kv_mounts = vault.kv_mounts(kv_mount)
+    now = datetime.datetime.now(datetime.UTC)
     for servicekey in (item for items in servicekeys.values() for item in items):
         found, record = _servicekey_violations(servicekey, kube, vault, config, kv_mounts)
-        violations += found
+        violations += found + status_violations(servicekey, now, status_grace_seconds)
         if record is not None:
             read.add((record.mount, record.path))
             remember(record)

@@ -53,7 +53,7 @@ def desired_configmap(desired: DesiredKey, history: KeyHistory, namespace: str |
     labels = {MANAGED_BY_LABEL: MANAGED_BY, NAME_LABEL: desired.name, OWNER_UID_LABEL: desired.uid}
     metadata: dict[str, Any] = {
         "name": desired.configmap_name, "namespace": target_namespace, "labels": labels,
-        "annotations": {KEY_VERSION_ANNOTATION: str(history.current.version if history.current else 0)},
+        "annotations": {KEY_VERSION_ANNOTATION: str(history.current.key_version if history.current else 0)},
     }
     if target_namespace == desired.namespace:
         metadata["ownerReferences"] = [{

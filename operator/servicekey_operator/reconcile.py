@@ -97,6 +97,10 @@ def _trigger(desired: DesiredKey, history: KeyHistory, now: datetime.datetime) -
     assert current is not None
     if _spec_of(current) != (desired.engine, desired.algorithm, desired.key_size):
         return "SpecChanged"
+    if current.transit and history.transit_latest > history.newest_transit_version(current.transit.key_name):
+        # Rotated outside the operator (transit/keys/<k>/rotate, auto_rotate_period): signers that name no
+        # key_version sign with a key no JWKS lists. Adopt it like any rotation: published, then it signs.
+        return "TransitRotated"
     # Digested again: a value recorded before records held digests compares as what it asked for.
     answered = rotate_request_digest(current.rotate_annotation)
     if desired.rotate_request is not None and desired.rotate_request != answered:
@@ -315,6 +319,12 @@ class Reconciler:
                                               # Always: a key staged before a crash must be found even
                                               # if publishAhead was switched off since.
                                               with_pending=True, adopt_namespace_uid=desired.adopt_namespace_uid)
+            current = history.current
+            if current and current.transit and _spec_of(current) == (desired.engine, desired.algorithm,
+                                                                       desired.key_size):
+                history = dataclasses.replace(history, transit_latest=await asyncio.to_thread(
+                    self.transit.latest_version, current.transit.mount or desired.vault_mount,
+                    current.transit.key_name))
             decision = decide_key(desired, history, kids_in_configmap, now)
             try:
                 outcome = await self._carry_out(desired, owner, history, decision, now, published_kid)
@@ -365,7 +375,7 @@ class Reconciler:
                 self.store.write_pending, mount, path, _keypair_of(pending), owner=owner,
                 service_name=pending.service_name, rotate_annotation=pending.rotate_annotation,
                 rotation_reason=pending.rotation_reason, created_at=pending.created_at, activate_at=activate_at,
-                expected_revision=pending.pending_revision)
+                expected_revision=pending.pending_revision, transit=pending.transit)
             self.logger.info(f"pending key {pending.kid} was not yet published; signing from {activate_at.isoformat()}")
             return Outcome(dataclasses.replace(history, pending=rescheduled), decision)
         if decision.action is KeyAction.PROMOTE:
@@ -374,14 +384,14 @@ class Reconciler:
             # now if it is promoted late (the operator was down), never from a time it did not sign yet.
             written = await asyncio.to_thread(self._write, desired, owner, history, _keypair_of(history.pending),
                                               history.pending.rotate_annotation, decision.reason,
-                                              max(history.pending.activate_at or now, now))
+                                              max(history.pending.activate_at or now, now), history.pending.transit)
             await asyncio.to_thread(self.store.delete_pending, mount, path)
             return self._rotated(history, owner, written, decision)
+        transit: TransitRef | None = None
         if desired.engine == "transit":
-            history, written = await asyncio.to_thread(self._rotate_transit, desired, owner, history,
-                                                       decision.reason, now)
-            return self._rotated(history, owner, written, decision)
-        keypair = await self.keygen(desired.algorithm, desired.key_size)
+            history, keypair, transit = await asyncio.to_thread(self._transit_version, desired, owner, history)
+        else:
+            keypair = await self.keygen(desired.algorithm, desired.key_size)
         if history.pending is not None:
             await asyncio.to_thread(self.store.delete_pending, mount, path)
         if decision.action is KeyAction.STAGE:
@@ -393,7 +403,7 @@ class Reconciler:
             pending = await asyncio.to_thread(
                 self.store.write_pending, mount, path, keypair, owner=owner, service_name=desired.service_name,
                 rotate_annotation=desired.rotate_request, rotation_reason=decision.reason, created_at=now,
-                activate_at=activate_at,
+                activate_at=activate_at, transit=transit,
                 # After a spec change the old pending key was deleted just now, path and all.
                 expected_revision=0 if history.pending is not None else history.pending_revision)
             crash_point("pending-write")
@@ -405,7 +415,7 @@ class Reconciler:
                                        f"Vault by someone else and is withdrawn; {pending.kid} replaces it"))
             return Outcome(dataclasses.replace(history, pending=pending), decision, events=events)
         written = await asyncio.to_thread(self._write, desired, owner, history, keypair, desired.rotate_request,
-                                          decision.reason, now)
+                                          decision.reason, now, transit)
         return self._rotated(history, owner, written, decision)
 
     def _rotated(self, history: KeyHistory, owner: Owner, written: StoredKey, decision: KeyDecision) -> Outcome:
@@ -420,9 +430,10 @@ class Reconciler:
             event = Event("Normal", "Generated", f"generated {written.algorithm} key {written.kid}")
         return Outcome(_with_new_current(history, owner, written), decision, events=[event])
 
-    def _rotate_transit(self, desired: DesiredKey, owner: Owner, history: KeyHistory, reason: str,
-                        now: datetime.datetime) -> tuple[KeyHistory, StoredKey]:
-        """A new version of the ServiceKey's Transit key, recorded; returns the history with the claim."""
+    def _transit_version(self, desired: DesiredKey, owner: Owner,
+                         history: KeyHistory) -> tuple[KeyHistory, KeyPair, TransitRef]:
+        """A version of the ServiceKey's Transit key that the record never named; returns the history with the
+        claim, the version's public half and where it lives."""
         name = transit_key_name(desired.vault_path, desired.algorithm, desired.key_size)
         claim = TransitClaim(desired.vault_mount, transit_key_type(desired.algorithm, desired.key_size))
         if claim not in history.transit_claims:
@@ -435,12 +446,11 @@ class Reconciler:
             metadata = record_metadata(owner, desired.deletion_policy, claims, adoption(history, owner.namespace_uid))
             self.store.write_metadata(desired.record_mount, desired.vault_path, metadata)
             history = dataclasses.replace(history, metadata=metadata, transit_claims=claims)
-        known = history.current.transit if history.current and history.current.transit else None
-        known_version = known.version if known and known.key_name == name else 0
-        keypair, transit = self.transit.new_version(desired.vault_mount, desired.algorithm, desired.key_size,
-                                                    desired.vault_path, known_version,
-                                                    desired.rotation.retain_previous)
-        return history, self._write(desired, owner, history, keypair, desired.rotate_request, reason, now, transit)
+        keypair, transit = self.transit.new_version(
+            desired.vault_mount, desired.algorithm, desired.key_size, desired.vault_path,
+            known_version=history.newest_transit_version(name), retain_previous=desired.rotation.retain_previous,
+            reusable_after=history.current.created_at if history.current else None)
+        return history, keypair, transit
 
     def _write(self, desired: DesiredKey, owner: Owner, history: KeyHistory, keypair: KeyPair,
                rotate_annotation: str | None, reason: str, created_at: datetime.datetime,

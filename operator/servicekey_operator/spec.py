@@ -145,8 +145,6 @@ def desired_key(namespace: str, name: str, uid: str, spec: Mapping[str, Any],
     engine = vault.get("engine", "kv")
     if rotation.get("publishAhead"):
         publish_ahead_seconds = parse_duration_seconds(rotation["publishAhead"])
-    elif engine == "transit":
-        publish_ahead_seconds = 0.0  # Transit signs with a new version as soon as it exists
     else:
         publish_ahead_seconds = min(DEFAULT_PUBLISH_AHEAD_SECONDS, (period_seconds or math.inf) / 2)
     if publish_ahead_seconds > MAX_PUBLISH_AHEAD_SECONDS:
@@ -159,9 +157,6 @@ def desired_key(namespace: str, name: str, uid: str, spec: Mapping[str, Any],
     default_mount = config.kv_mount if engine == "kv" else config.transit_mount
     mount = _vault_mount(vault["mount"]) if vault.get("mount") else default_mount
     path = _vault_path(vault.get("path") or f"{config.path_prefix}/{namespace}/{name}", "vault.path")
-    if engine == "transit" and publish_ahead_seconds > 0:
-        raise InvalidSpec("rotation.publishAhead is not supported with vault.engine transit: Transit signs with "
-                          "a new key version as soon as it exists")
     # A key lives below its own namespace's folder, so no ServiceKey can name (and so read, promote or
     # delete) a secret that belongs to another namespace.
     own_folder = f"{config.path_prefix}/{namespace}/"

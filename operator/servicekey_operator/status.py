@@ -62,7 +62,7 @@ def ready_status(desired: DesiredKey, history: KeyHistory, next_rotation: dateti
     return {
         "observedGeneration": generation,
         "keyId": current.kid,
-        "keyVersion": current.version,
+        "keyVersion": current.key_version,
         "algorithm": current.algorithm,
         "lastRotationTime": rfc3339(current.created_at),
         "nextRotationTime": rfc3339(next_rotation) if next_rotation else None,

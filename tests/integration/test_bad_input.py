@@ -156,10 +156,9 @@ CORPUS = [
     ends_in("mount-that-does-not-exist", {"vault": {"mount": "no-such-mount"}}, *SOME_CLEAR_REASON),
     ends_in("mount-of-another-engine", {"vault": {"mount": "transit"}}, *SOME_CLEAR_REASON),
     ends_in("path-in-another-namespace", {"vault": {"path": "servicekeys/elsewhere/key"}}, "InvalidSpec"),
-    # Transit: publishAhead cannot work there. Plain Transit keys were InvalidSpec before Transit support landed
-    # and are Ready with it, so for now either is accepted for them.
+    # Transit: publishAhead works there since signers pin key_version to the record (issue #15.6).
     ends_in("transit-with-publish-ahead", {"vault": {"engine": "transit"}, "rotation": {"publishAhead": "1m"}},
-            "InvalidSpec"),
+            "KeyReady"),
     ends_in("transit-es512", {"algorithm": "ES512", "vault": {"engine": "transit"}}, "InvalidSpec", "KeyReady"),
     ends_in("transit-rsa-4096", {"algorithm": "PS512", "keySize": 4096, "vault": {"engine": "transit"}},
             "InvalidSpec", "KeyReady"),

@@ -182,6 +182,8 @@ def test_key_versions_written_behind_the_stopped_operator_are_reported(cluster: 
         (2, invariants.CURRENT_KEY_MISMATCH, "VaultSecret", f"{mount}/{path}"),           # eddsa: a foreign private key
         # The forged version 3 repeats version 2's kid, so version 1 falls out of the retainPrevious=1 window.
         (3, invariants.JWKS_MISMATCH, "ConfigMap", cluster.ref("eddsa-public")),
+        # es256's intruder copied the version before it, rotation request and all: a key that nothing asked for.
+        (4, invariants.KEY_CHURN, "VaultSecret", es256_location),
     }
     assert es256_location in next(v.detail for v in violations if v.kind == "ConfigMap" and "kid is" in v.detail)
     assert any(intruder.kid in v.detail and "Vault's current key" in v.detail for v in violations)
@@ -331,3 +333,18 @@ def test_one_transit_key_in_the_records_of_two_servicekeys_is_reported(cluster: 
     found = {(v.check, v.object) for v in cluster.check() if v.check == invariants.SHARED_KEY}
 
     assert found == {(invariants.SHARED_KEY, f"secret/{a_path}"), (invariants.SHARED_KEY, f"secret/{b_path}")}
+
+
+def test_a_servicekey_no_pass_gave_a_status_is_reported_after_the_grace_period(cluster: Cluster):
+    cluster.operator.stop()
+    cluster.servicekeys.create("unserved", {"algorithm": "ES256"})
+
+    assert cluster.check() == [], "a new key gets its grace period"
+    late = invariants.check(cluster.kube_client, cluster.vault, namespaces=[cluster.namespace],
+                            status_grace_seconds=0)
+
+    assert {(v.invariant, v.check, v.object) for v in late} == {(6, invariants.MISSING_STATUS, cluster.ref("unserved"))}
+    cluster.start_operator()
+    cluster.servicekeys.wait_ready("unserved")
+    assert invariants.check(cluster.kube_client, cluster.vault, namespaces=[cluster.namespace],
+                            status_grace_seconds=0) == []

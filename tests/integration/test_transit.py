@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hvac
+import jwt
 import pytest
 
 from devcluster.operator_process import OperatorProcess
-from servicekey_operator.keys import ALGORITHMS
+from servicekey_operator import invariants
+from servicekey_operator.keys import ALGORITHMS, kid_for
 from tests.support import ServiceKeys, ready_condition, wait_for
 
 pytestmark = pytest.mark.integration
@@ -95,9 +97,79 @@ def test_a_foreign_transit_key_is_left_untouched(operator: OperatorProcess, serv
     assert vault_client.secrets.transit.read_key(name=key_name, mount_point="transit")["data"]["latest_version"] == 1
 
 
-def test_publish_ahead_with_transit_is_an_invalid_spec(operator: OperatorProcess, servicekeys: ServiceKeys):
+def test_publish_ahead_publishes_the_next_transit_version_before_signers_pinned_to_the_record_use_it(
+        operator: OperatorProcess, servicekeys: ServiceKeys, vault_client: hvac.Client):
+    # Issue #15.6: publishAhead was refused for Transit, whose latest version signs as soon as it exists; a
+    # signer that names the record's key_version signs with the published key until the staged one is promoted.
     servicekeys.create("ahead", {"algorithm": "ES256", "vault": {"engine": "transit"},
-                                 "rotation": {"publishAhead": "1m"}})
-    obj = servicekeys.wait_condition("ahead", "False", "InvalidSpec")
+                                 "rotation": {"publishAhead": "6s"}})
+    first = servicekeys.wait_ready("ahead")["status"]
+    servicekeys.patch("ahead", {"metadata": {"annotations": {"servicekey.io/rotate": "now"}}})
+    rotating = servicekeys.wait_condition("ahead", "True", "Rotating")["status"]
 
-    assert "publishAhead is not supported with vault.engine transit" in ready_condition(obj)["message"]
+    assert _transit_key(vault_client, servicekeys, "ahead")["latest_version"] == 2, "the next version exists"
+    assert servicekeys.kids("ahead-public") == [first["keyId"], rotating["pendingKeyId"]]
+    assert rotating["keyVersion"] == 1
+    during = servicekeys.sign_with_transit("ahead")
+    assert jwt.get_unverified_header(during)["kid"] == first["keyId"], "signers keep the published version"
+    assert servicekeys.verifies("ahead-public", during)
+
+    promoted = servicekeys.wait_new_kid("ahead", first["keyId"], timeout=20)["status"]
+
+    assert (promoted["keyId"], promoted["keyVersion"]) == (rotating["pendingKeyId"], 2)
+    assert servicekeys.verifies("ahead-public", servicekeys.sign_with_transit("ahead"))
+    assert servicekeys.verifies("ahead-public", during)
+
+
+@pytest.mark.parametrize("specs", [
+    [{"algorithm": "ES256"}, {"algorithm": "ES384"}, {"algorithm": "ES256"}],
+    [{"algorithm": "RS256", "keySize": 2048}, {"algorithm": "RS256", "keySize": 3072},
+     {"algorithm": "RS256", "keySize": 2048}],
+    [{"algorithm": "ES256"}, {"algorithm": "ES256", "vault": {"engine": "kv"}}, {"algorithm": "ES256"}],
+], ids=["es256-es384-es256", "rs2048-rs3072-rs2048", "transit-kv-transit"])
+def test_a_spec_switched_away_and_back_makes_a_new_transit_version_never_a_retired_one(
+        operator: OperatorProcess, servicekeys: ServiceKeys, vault_client: hvac.Client, specs: list[dict]):
+    # Issue #15.5: the retired Transit key came back as the signing key with its old kid.
+    transit = {"engine": "transit"}
+    servicekeys.create("switching", {**specs[0], "vault": transit, "rotation": {"retainPrevious": 3}})
+    kids = [servicekeys.wait_ready("switching")["status"]["keyId"]]
+    for spec in specs[1:]:
+        replaced = {"keySize": None, **spec, "vault": spec.get("vault", transit)}
+        servicekeys.patch("switching", {"spec": replaced})
+        kids.append(servicekeys.wait_new_kid("switching", kids[-1])["status"]["keyId"])
+
+    status = servicekeys.get("switching")["status"]
+    assert len(set(kids)) == len(kids), f"every spec change is a new key: {kids}"
+    assert status["keyVersion"] == _transit_key(vault_client, servicekeys, "switching")["latest_version"] == 2, \
+        "keyVersion is the Transit key's version, the one a signer names"
+    assert servicekeys.configmap("switching-public").metadata.annotations["servicekey.io/key-version"] == "2"
+    assert servicekeys.verifies("switching-public", servicekeys.sign_with_transit("switching"))
+    assert servicekeys.kids("switching-public") == list(reversed(kids))
+
+
+def test_a_transit_key_rotated_outside_the_operator_is_adopted_published_first_and_the_checker_says_so(
+        operator: OperatorProcess, servicekeys: ServiceKeys, vault_client: hvac.Client, kube_client):
+    # Issue #15.4: after transit/keys/<k>/rotate (or auto_rotate_period) a signer using the latest version signed
+    # with a key no JWKS listed, while the status said KeyReady and the checker was silent.
+    servicekeys.create("outside", {"algorithm": "ES256", "vault": {"engine": "transit"},
+                                   "rotation": {"publishAhead": "4s"}})
+    first = servicekeys.wait_ready("outside")["status"]["keyId"]
+    mount, key_name = servicekeys.get("outside")["status"]["vaultPath"].split("/keys/")
+    vault_client.secrets.transit.rotate_key(name=key_name, mount_point=mount)
+
+    findings = invariants.check(kube_client, vault_client, namespaces=[servicekeys.namespace])
+    assert [(v.check, v.object) for v in findings] == [
+        ("ForeignTransitVersion", f"secret/servicekeys/{servicekeys.namespace}/outside")]
+
+    servicekeys.core.delete_namespaced_config_map("outside-public", servicekeys.namespace)  # any pass finds it
+    staged = servicekeys.wait_condition("outside", "True", "Rotating")["status"]["pendingKeyId"]
+    outside_public = _transit_key(vault_client, servicekeys, "outside")["keys"]["2"]["public_key"]
+    assert staged == kid_for(outside_public), "the outside version is the one published"
+    assert invariants.check(kube_client, vault_client, namespaces=[servicekeys.namespace]) == []
+
+    adopted = servicekeys.wait_new_kid("outside", first, timeout=20)["status"]
+    assert (adopted["keyId"], adopted["keyVersion"]) == (staged, 2)
+    assert _transit_key(vault_client, servicekeys, "outside")["latest_version"] == 2, "no rotation of its own"
+    assert any(reason == "Rotated" and "TransitRotated" in message
+               for _, reason, message in servicekeys.events("outside"))
+    assert invariants.check(kube_client, vault_client, namespaces=[servicekeys.namespace]) == []

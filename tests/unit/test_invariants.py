@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime
 import functools
 import json
 
@@ -23,10 +24,12 @@ def _pair(algorithm: str, index: int = 0) -> keys.KeyPair:
     return keys.generate_keypair(algorithm)
 
 
-def _key(version: int, algorithm: str = "ES256", index: int | None = None) -> VaultKey:
+def _key(version: int, algorithm: str = "ES256", index: int | None = None, **fields: str) -> VaultKey:
+    """Version ``version`` as a rotation request made it (each version answers its own request)."""
     pair = _pair(algorithm, version if index is None else index)
+    answered = {"rotate_annotation": f"sha256:request-{version}", "rotation_reason": "Requested", **fields}
     return VaultKey(version=version, kid=pair.kid, algorithm=algorithm, public_pem=pair.public_pem,
-                    private_pem=pair.private_pem)
+                    private_pem=pair.private_pem, **answered)
 
 
 def _record(*versions: VaultKey, pending: VaultKey | None = None, current_version: int | None = None,
@@ -456,3 +459,43 @@ def test_a_transit_key_in_the_records_of_two_servicekeys_is_shared():
 
     assert sorted(v.object for v in found) == ["secret/servicekeys/ns/other", "secret/servicekeys/ns/x.y"]
     assert all("Transit key transit/servicekeys.ns.x_dy.ecdsa-p256" in v.detail for v in found)
+
+
+@pytest.mark.parametrize(("reason", "same_request", "reported"), [
+    ("Created", True, True),            # the delete_version_after bug: every pass wrote a "new" first key
+    ("Requested", True, True),          # one request answered twice
+    ("SpecChanged", True, True),        # a spec change that changed nothing the key is made of
+    ("Requested", False, False),        # a new request
+    ("Scheduled", True, False),         # time asks for it
+    ("TransitRotated", True, False),    # Transit rotated outside the operator, adopted
+    ("CurrentKeyDeleted", True, False),  # the version before it was deleted (and undeleted since)
+])
+def test_a_version_nothing_asked_for_is_key_churn(reason, same_request, reported):
+    older = _key(1)
+    newer = _key(2, rotation_reason=reason,
+                 rotate_annotation=older.rotate_annotation if same_request else "sha256:another")
+
+    found = invariants.churn_violations(_record(newer, older))
+
+    assert [violation.check for violation in found] == (["KeyChurn"] if reported else [])
+
+
+def test_a_transit_version_no_record_names_is_reported_until_it_is_staged_or_recorded():
+    current = dataclasses.replace(_key(1), private_pem="", transit_key="servicekeys.p.s.ecdsa-p256", transit_version=1)
+    versions = {("servicekeys.p.s.ecdsa-p256", 1): current.public_pem, ("servicekeys.p.s.ecdsa-p256", 2): "pem"}
+    rotated_outside = dataclasses.replace(_record(current), transit_public=versions)
+    staged = dataclasses.replace(rotated_outside, pending=dataclasses.replace(current, version=0, transit_version=2))
+
+    assert [v.check for v in invariants.foreign_transit_violations(rotated_outside)] == ["ForeignTransitVersion"]
+    assert invariants.foreign_transit_violations(staged) == []
+
+
+def test_a_servicekey_without_a_ready_condition_is_reported_after_the_grace_period():
+    created = datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC)
+    servicekey = {"metadata": {"namespace": "p", "name": "s", "creationTimestamp": "2026-12-01T00:00:00Z"}}
+    ready = {**servicekey, "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "InvalidSpec"}]}}
+
+    assert invariants.status_violations(servicekey, created + datetime.timedelta(seconds=119)) == []
+    assert [v.check for v in invariants.status_violations(servicekey, created + datetime.timedelta(seconds=121))] \
+        == ["MissingStatus"]
+    assert invariants.status_violations(ready, created + datetime.timedelta(days=1)) == []

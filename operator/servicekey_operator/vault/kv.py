@@ -297,14 +297,16 @@ class KvKeyStore:
 
     def write_pending(self, mount: str, path: str, keypair: KeyPair, *, owner: Owner, service_name: str,
                       rotate_annotation: str | None, rotation_reason: str, created_at: datetime.datetime,
-                      activate_at: datetime.datetime, expected_revision: int = 0) -> StoredKey:
+                      activate_at: datetime.datetime, expected_revision: int = 0,
+                      transit: TransitRef | None = None) -> StoredKey:
         """Stage the next key, to be promoted at ``activate_at``, if the pending key is still at
         ``expected_revision`` (0: only if there is none; the revision of the current one: reschedule it).
 
-        Raises VaultWriteConflict when another writer got there first.
+        ``transit`` records a Transit key version instead of the private key itself. Raises VaultWriteConflict
+        when another writer got there first.
         """
         self.check_mount(mount, path, trusted_for=WRITE_MOUNT_CHECK_SECONDS)
-        data = _secret_data(keypair, owner, service_name, rotate_annotation, rotation_reason, created_at)
+        data = _secret_data(keypair, owner, service_name, rotate_annotation, rotation_reason, created_at, transit)
         data.update(activate_at=_format_time(activate_at))
         with vault_call("write_version", f"writing {mount}/{pending_path(path)}"):
             reply = self._kv.create_or_update_secret(path=pending_path(path), secret=data, cas=expected_revision,

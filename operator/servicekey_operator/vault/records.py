@@ -89,6 +89,12 @@ class StoredKey:
         """``transit`` when the private key never left Vault's Transit engine, else ``kv``."""
         return "transit" if self.transit else "kv"
 
+    @property
+    def key_version(self) -> int:
+        """The version a signer names: the Transit key version (transit/sign's ``key_version``) for a Transit
+        key, else the KV version."""
+        return self.transit.version if self.transit else self.version
+
 
 @dataclass(frozen=True)
 class KeyHistory:
@@ -100,8 +106,9 @@ class KeyHistory:
     of that pending path, which staging a key names in its check-and-set (0: nothing there; not 0 without a
     pending key when an administrator deleted or destroyed the staged one). ``owner`` is set once the record has
     proven to be the reader's (None: nobody's yet); ``metadata`` is the secret's custom_metadata as read,
-    ``max_versions`` its own setting of how many versions Vault keeps (0: the mount's), and ``transit_claims``
-    the Transit keys the record proves to be its own.
+    ``max_versions`` its own setting of how many versions Vault keeps (0: the mount's), ``transit_claims``
+    the Transit keys the record proves to be its own, and ``transit_latest`` the latest version of the current
+    key's Transit key, where a pass read it (0: not read) to find rotations made outside the operator.
     """
 
     owner: str | None
@@ -113,6 +120,14 @@ class KeyHistory:
     metadata: Mapping[str, str] = field(default_factory=dict)
     max_versions: int = 0
     transit_claims: frozenset[TransitClaim] = frozenset()
+    transit_latest: int = 0
+
+    def newest_transit_version(self, key_name: str) -> int:
+        """The newest version of the Transit key ``key_name`` that the current, retained or pending key names
+        (0: none)."""
+        keys = (self.current, *self.previous, self.pending)
+        return max((key.transit.version for key in keys if key and key.transit and key.transit.key_name == key_name),
+                   default=0)
 
 
 def parse_transit_claims(text: str | None) -> frozenset[TransitClaim]:

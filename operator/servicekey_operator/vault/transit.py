@@ -8,6 +8,7 @@ the version the record is about to name, without rotating twice for one record.
 from __future__ import annotations
 
 import base64
+import datetime
 from typing import Any
 
 import hvac.exceptions
@@ -16,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from servicekey_operator.keys import KeyPair, is_rsa, kid_for
 from servicekey_operator.vault.connection import VaultConnection, vault_call
-from servicekey_operator.vault.records import TransitRef
+from servicekey_operator.vault.records import TransitRef, parse_time
 
 _CURVE_KEY_TYPES = {"ES256": "ecdsa-p256", "ES384": "ecdsa-p384", "ES512": "ecdsa-p521", "EdDSA": "ed25519"}
 
@@ -44,6 +45,15 @@ def transit_key_name(path: str, algorithm: str, key_size: int | None) -> str:
 def transit_name(path: str, key_type: str) -> str:
     """The Transit key name for a record's ``path`` and a Transit ``key_type`` (see ``transit_key_name``)."""
     return f"{path.translate(_NAME_ESCAPES)}.{key_type}"
+
+
+def _unused(key: dict, known_version: int, reusable_after: datetime.datetime | None) -> bool:
+    """Whether the key's latest version is newer than every version the record knows, and was made after it."""
+    latest = int(key["latest_version"])
+    if latest <= known_version:
+        return False
+    created = (key.get("keys") or {}).get(str(latest), {}).get("creation_time")
+    return reusable_after is None or (bool(created) and parse_time(created) > reusable_after)
 
 
 def _spki_pem(public_key: str, key_type: str) -> str:
@@ -75,12 +85,23 @@ class TransitKeys:
         """Whether a Transit key of that name exists."""
         return self._read(mount, name) is not None
 
-    def new_version(self, mount: str, algorithm: str, key_size: int | None, path: str, known_version: int,
-                    retain_previous: int) -> tuple[KeyPair, TransitRef]:
-        """Make sure the key has a version newer than ``known_version`` and return its public half.
+    def latest_version(self, mount: str, name: str) -> int:
+        """The key's latest version (0 when the key does not exist): what a signer that names no
+        ``key_version`` signs with. Vault API: GET <mount>/keys/<name>."""
+        key = self._read(mount, name)
+        return int(key["latest_version"]) if key else 0
 
-        A version newer than the record knows already exists after a crash between the rotation and
-        the record's write; it is used as it is, so one request never rotates twice.
+    def new_version(self, mount: str, algorithm: str, key_size: int | None, path: str, known_version: int,
+                    retain_previous: int, reusable_after: datetime.datetime | None) -> tuple[KeyPair, TransitRef]:
+        """Make sure the key has a version that no record has named yet, and return its public half.
+
+        ``known_version``: the newest version of this key that the record names (current, retained or pending).
+        A newer version created after ``reusable_after`` (the current record's creation; None: any) was never
+        used by the record: a crash between a rotation and the record's write, or a rotation made outside the
+        operator (Vault's ``auto_rotate_period``). It is taken as it is, so one request never rotates twice.
+        Any other version is a retired key (an algorithm switched away and back, or an older record) and is
+        never brought back: the key is rotated. Clock skew between Vault and the operator can only cost an
+        unused version, never reuse a retired one within the record's history.
         """
         name = transit_key_name(path, algorithm, key_size)
         key_type = transit_key_type(algorithm, key_size)
@@ -89,7 +110,7 @@ class TransitKeys:
             with vault_call("transit_write", f"creating transit key {mount}/{name}"):
                 self._transit.create_key(name=name, key_type=key_type, exportable=False,
                                          allow_plaintext_backup=False, mount_point=mount)
-        elif int(key["latest_version"]) <= known_version:
+        elif not _unused(key, known_version, reusable_after):
             with vault_call("transit_write", f"rotating transit key {mount}/{name}"):
                 self._transit.rotate_key(name=name, mount_point=mount)
         key = self._read(mount, name)
