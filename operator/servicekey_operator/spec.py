@@ -31,15 +31,22 @@ DEFAULT_PUBLISH_AHEAD_SECONDS = 180.0
 # replaces signs nothing more (verifiers that do not have the new key yet reject its tokens meanwhile).
 EMERGENCY_PREFIX = "emergency:"
 _DIGEST = re.compile(rf"^({EMERGENCY_PREFIX})?sha256:[0-9a-f]{{64}}$")
-# The grammar of the CRD's pattern (Go's time.ParseDuration): micro is "us", or "µs" with either the micro
-# sign U+00B5 or the Greek mu U+03BC.
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
-                 "h": 3600.0}
+# The grammar of the CRD's pattern (Go's time.ParseDuration without sign, bare "0", ".5s" or "1.s"): ASCII
+# digits only (Python's \d also takes the digits of other scripts, and float() reads them); micro is "us", or
+# "µs" with either the micro sign U+00B5 or the Greek mu U+03BC.
+_DURATION_PART = re.compile(r"([0-9]+)(?:\.([0-9]+))?(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+_SECOND = 10**9
+_UNIT_NANOSECONDS = {"ns": 1, "us": 10**3, "\u00b5s": 10**3, "\u03bcs": 10**3, "ms": 10**6, "s": _SECOND,
+                     "m": 60 * _SECOND, "h": 3600 * _SECOND}
+_INT64_MAX = 2**63 - 1
+# The CRD's maxLength of rotation.period and rotation.publishAhead.
+MAX_DURATION_LENGTH = 32
 # The CRD's upper bounds (CEL), here too for objects admitted before them: a schedule or window beyond them is
-# a typo, and would overflow the date arithmetic (Python's datetime ends in the year 9999).
-MAX_PERIOD_SECONDS = 87600 * 3600.0  # 10 years
-MAX_PUBLISH_AHEAD_SECONDS = 8760 * 3600.0  # 1 year
+# a typo, and would overflow the date arithmetic (Python's datetime ends in the year 9999). Compared in integer
+# nanoseconds, as CEL compares them: in float seconds, 87600h1ns is 87600h.
+MAX_PERIOD_NANOSECONDS = 87600 * 3600 * _SECOND  # 10 years
+MAX_PUBLISH_AHEAD_NANOSECONDS = 8760 * 3600 * _SECOND  # 1 year
+MIN_ROTATION_PERIOD_NANOSECONDS = int(MIN_ROTATION_PERIOD_SECONDS) * _SECOND
 # Vault's built-in mounts: cubbyhole would silently accept (and keep, per token) whatever is written.
 RESERVED_MOUNTS = frozenset({"cubbyhole", "sys", "identity", "auth"})
 _PATH_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -55,17 +62,45 @@ def rotate_request_digest(request: str | None) -> str | None:
     return marker + "sha256:" + hashlib.sha256(request.encode()).hexdigest()
 
 
-def parse_duration_seconds(text: str) -> float:
-    """Parse a Go-style duration (``720h``, ``1h30m``, ``2.5s``) into seconds."""
-    position, total = 0, 0.0
+def _go_fraction_nanoseconds(digits: str | None, unit: int) -> int:
+    """Go's ParseDuration on the digits after the point: those that fit in an int64, scaled in float64 and
+    truncated to whole nanoseconds (so "59.999999999999999s" is 59.999999999s, and "59.99999999999999999s" 60s)."""
+    value, scale = 0, 1.0
+    for digit in digits or "":
+        if value > _INT64_MAX // 10 or value * 10 + int(digit) > _INT64_MAX + 1:
+            break
+        value, scale = value * 10 + int(digit), scale * 10
+    return int(float(value) * (unit / scale))
+
+
+def parse_duration_nanoseconds(text: str) -> int:
+    """Parse a Go-style duration (``720h``, ``1h30m``, ``2.5s``) into nanoseconds, exactly as the API server's
+    CEL ``duration()`` (Go's time.ParseDuration) does."""
+    position, total = 0, 0
     for match in _DURATION_PART.finditer(text):
         if match.start() != position:
             break
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        unit = _UNIT_NANOSECONDS[match.group(3)]
+        total += int(match.group(1)) * unit + _go_fraction_nanoseconds(match.group(2), unit)
         position = match.end()
     if not text or position != len(text):
         raise InvalidSpec(f"{text!r} is not a duration like 90s, 15m or 720h")
-    return total
+    return total  # beyond Go's 2562047h CEL's duration() fails; the bounds of desired_key are far below it
+
+
+def parse_duration_seconds(text: str) -> float:
+    """Parse a Go-style duration (``720h``, ``1h30m``, ``2.5s``) into seconds."""
+    return parse_duration_nanoseconds(text) / _SECOND
+
+
+def _rotation_duration(rotation: Mapping[str, Any], field: str) -> int | None:
+    """rotation.<field> in nanoseconds, None when absent; as the CRD's pattern and maxLength admit it."""
+    text = rotation.get(field)
+    if text is None:
+        return None
+    if len(text) > MAX_DURATION_LENGTH:
+        raise InvalidSpec(f"rotation.{field} is longer than {MAX_DURATION_LENGTH} characters")
+    return parse_duration_nanoseconds(text)
 
 
 def _vault_mount(mount: str) -> str:
@@ -135,22 +170,24 @@ def desired_key(namespace: str, name: str, uid: str, spec: Mapping[str, Any],
         raise InvalidSpec(str(bad)) from bad
     rotation = spec.get("rotation") or {}
     period = rotation.get("period")
-    period_seconds = parse_duration_seconds(period) if period else None
-    if period_seconds is not None and period_seconds > MAX_PERIOD_SECONDS:
+    period_ns = _rotation_duration(rotation, "period")
+    if period_ns is not None and period_ns > MAX_PERIOD_NANOSECONDS:
         raise InvalidSpec(f"rotation.period {period!r} is longer than 87600h (10 years)")
-    if period_seconds is not None and period_seconds < MIN_ROTATION_PERIOD_SECONDS:
+    if period_ns is not None and period_ns < MIN_ROTATION_PERIOD_NANOSECONDS:
         raise InvalidSpec(f"rotation.period {period!r} is shorter than 1m: verifiers would not have a key "
                           "before it is retired")
+    period_seconds = None if period_ns is None else period_ns / _SECOND
     vault = spec.get("vault") or {}
     engine = vault.get("engine", "kv")
-    if rotation.get("publishAhead"):
-        publish_ahead_seconds = parse_duration_seconds(rotation["publishAhead"])
-    else:
+    publish_ahead_ns = _rotation_duration(rotation, "publishAhead")
+    if publish_ahead_ns is not None:
+        if publish_ahead_ns > MAX_PUBLISH_AHEAD_NANOSECONDS:
+            raise InvalidSpec(f"rotation.publishAhead {rotation['publishAhead']!r} is longer than 8760h (a year)")
+        if period_ns is not None and publish_ahead_ns >= period_ns:
+            raise InvalidSpec("rotation.publishAhead must be shorter than rotation.period")
+        publish_ahead_seconds = publish_ahead_ns / _SECOND
+    else:  # below the period: at most half of it
         publish_ahead_seconds = min(DEFAULT_PUBLISH_AHEAD_SECONDS, (period_seconds or math.inf) / 2)
-    if publish_ahead_seconds > MAX_PUBLISH_AHEAD_SECONDS:
-        raise InvalidSpec(f"rotation.publishAhead {rotation['publishAhead']!r} is longer than 8760h (a year)")
-    if period_seconds is not None and publish_ahead_seconds >= period_seconds:
-        raise InvalidSpec("rotation.publishAhead must be shorter than rotation.period")
     retain_previous = int(rotation.get("retainPrevious", 1))
     if not 0 <= retain_previous <= 10:
         raise InvalidSpec(f"rotation.retainPrevious must be 0..10, got {retain_previous}")
