@@ -29,7 +29,7 @@ import kopf
 
 from servicekey_operator import metrics, publish
 from servicekey_operator.config import OperatorConfig
-from servicekey_operator.errors import ConfigMapConflict, InternalError, ServiceKeyError
+from servicekey_operator.errors import ConfigMapConflict, InternalError, InvalidSpec, ServiceKeyError
 from servicekey_operator.keygen import KeyGenerator
 from servicekey_operator.keys import KeyPair, is_rsa
 from servicekey_operator.kubeapi import LIST_PAGE_SIZE, KubeGateway, api_client
@@ -450,7 +450,7 @@ async def finalize_servicekey(body: kopf.Body, memo: kopf.Memo, logger: logging.
     async with state.lock(key):
         state.finalizing[key] = body["metadata"]["uid"]
         try:
-            desired = _desired(state, body)
+            desired = _desired_for_cleanup(state, body)
             events = await state.reconciler.finalize(desired, await _owner(state, body))
         except ServiceKeyError as failure:
             if failure.retryable:
@@ -460,6 +460,29 @@ async def finalize_servicekey(body: kopf.Body, memo: kopf.Memo, logger: logging.
             _post(body, events)
         metrics.forget(key)
         state.forget(key)
+
+
+def _desired_for_cleanup(state: OperatorState, body: Mapping[str, Any]) -> DesiredKey:
+    """What the finalizer cleans up after: the spec's key or, when the spec has become invalid since the key was
+    made, the key where it lives: a KV record where the last good pass reported it (status.vaultPath), a Transit
+    key's record at the spec's path (or the default one). Copies in other namespaces are found by their labels
+    either way, and deletionPolicy is the spec's."""
+    try:
+        return _desired(state, body)
+    except InvalidSpec:
+        spec = body.get("spec") or {}
+        vault = spec.get("vault") or {}
+        reported = (body.get("status") or {}).get("vaultPath")
+        if vault.get("engine", "kv") == "kv" and reported:
+            mount, _, path = reported.partition("/")
+            vault = {"mount": mount, "path": path}
+        else:
+            vault = {"engine": vault.get("engine", "kv"), **({"path": vault["path"]} if vault.get("path") else {})}
+        cleanup = {"deletionPolicy": spec.get("deletionPolicy", "Retain")}
+        try:
+            return _desired(state, {**body, "spec": {**cleanup, "vault": vault}})
+        except InvalidSpec:  # the path itself is what is invalid: the key can only be at the default one
+            return _desired(state, {**body, "spec": {**cleanup, "vault": {"engine": vault.get("engine", "kv")}}})
 
 
 def _configmap_name(key: ObjectKey, body: Mapping[str, Any]) -> str:

@@ -220,3 +220,22 @@ def test_the_slim_body_keeps_what_a_pass_needs_and_drops_the_rest():
     full = handlers._desired(state_with(RecordingReconciler()), body)
     assert (desired.rotate_request, desired.algorithm, desired.uid, desired.adopt_namespace_uid) == \
         (digest, "ES256", "u1", "old-uid") == (full.rotate_request, full.algorithm, full.uid, full.adopt_namespace_uid)
+
+
+@pytest.mark.parametrize(("spec", "status", "cleaned_up"), [
+    # Admitted before the CRD refused such a change: the key's record is where the last good pass reported it.
+    ({"vault": {"path": "servicekeys/elsewhere/key"}, "deletionPolicy": "Delete"},
+     {"vaultPath": "secret/servicekeys/team/signer"}, ("secret", "servicekeys/team/signer", "Delete")),
+    ({"vault": {"mount": "sys"}}, {"vaultPath": "kv2/servicekeys/team/custom"}, ("kv2", "servicekeys/team/custom",
+                                                                                "Retain")),
+    # A Transit key's record is at its path; an invalid path leaves only the default one.
+    ({"vault": {"engine": "transit", "path": "../escape"}}, {}, ("secret", "servicekeys/team/signer", "Retain")),
+    # Never reported (no pass succeeded): the default location.
+    ({"rotation": {"period": "1s"}, "deletionPolicy": "Delete"}, {}, ("secret", "servicekeys/team/signer", "Delete")),
+], ids=["path-left-its-folder", "own-vault-mount", "transit-invalid-path", "never-ready"])
+def test_the_finalizer_cleans_up_where_the_key_lives_when_the_spec_has_become_invalid(spec, status, cleaned_up):
+    body = {**servicekey("uid-1"), "spec": spec, "status": status}
+
+    desired = handlers._desired_for_cleanup(state_with(RecordingReconciler()), body)
+
+    assert (desired.record_mount, desired.vault_path, desired.deletion_policy) == cleaned_up
