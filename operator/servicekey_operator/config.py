@@ -44,6 +44,9 @@ class OperatorConfig:
     transit_mount: str = "transit"
     path_prefix: str = "servicekeys"
     watch_namespaces: tuple[str, ...] = ()
+    # With watch_namespaces (namespaced RBAC): the other namespaces the operator may publish copies into. Copies are
+    # then looked for in these and the watched ones only, where its Roles let it list ConfigMaps.
+    publish_namespaces: tuple[str, ...] = ()
     metrics_port: int = 8080
     health_port: int = 8081
     log_format: str = "text"
@@ -95,8 +98,8 @@ class OperatorConfig:
         log_format = text("SERVICEKEY_LOG_FORMAT", "text") or "text"
         if log_format not in ("text", "json"):
             raise ConfigError(f"SERVICEKEY_LOG_FORMAT must be text or json, got {log_format!r}")
-        watch = tuple(ns.strip() for ns in (text("SERVICEKEY_WATCH_NAMESPACES", "") or "").split(",")
-                      if ns.strip())
+        watch, publish = (tuple(ns.strip() for ns in (text(variable, "") or "").split(",") if ns.strip())
+                          for variable in ("SERVICEKEY_WATCH_NAMESPACES", "SERVICEKEY_PUBLISH_NAMESPACES"))
         prefix = (text("SERVICEKEY_PATH_PREFIX", "servicekeys") or "servicekeys").strip("/")
         if not prefix or ".." in prefix.split("/"):
             raise ConfigError(f"SERVICEKEY_PATH_PREFIX must be a relative path without '..', got {prefix!r}")
@@ -112,7 +115,7 @@ class OperatorConfig:
             vault=vault,
             kv_mount=(text("SERVICEKEY_KV_MOUNT", "secret") or "secret").strip("/"),
             transit_mount=(text("SERVICEKEY_TRANSIT_MOUNT", "transit") or "transit").strip("/"),
-            path_prefix=prefix, watch_namespaces=watch,
+            path_prefix=prefix, watch_namespaces=watch, publish_namespaces=publish,
             metrics_port=port("SERVICEKEY_METRICS_PORT", 8080), health_port=port("SERVICEKEY_HEALTH_PORT", 8081),
             log_format=log_format, peering=text("SERVICEKEY_PEERING"), peering_lifetime_seconds=int(lifetime),
             resync_seconds=resync_seconds,

@@ -341,7 +341,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     bodies: dict[ObjectKey, dict[str, Any]] = {}
     reconciler = Reconciler(KvKeyStore(connection), TransitKeys(connection), kube,
                             _rsa_outside_the_pass_limit(keygen, passes_in_flight), logger,
-                            names_taken_in=functools.partial(_configmap_names_in, bodies))
+                            names_taken_in=functools.partial(_configmap_names_in, bodies),
+                            copy_namespaces=tuple(dict.fromkeys(config.watch_namespaces + config.publish_namespaces))
+                            if config.watch_namespaces else ())
     gate = PeeringGate(functools.partial(kube.peering_keepalives, namespaces=config.watch_namespaces),
                        config.peering, memo.peering_identity, memo.peering_priority)
     memo.state = OperatorState(config=config, reconciler=reconciler, kube=kube, keygen=keygen,

@@ -119,12 +119,18 @@ class KubeGateway:
                 raise
         return _json(reply)
 
-    def list_configmaps(self, label_selector: str) -> list[dict[str, Any]]:
-        """ConfigMaps in all namespaces that match ``label_selector``, as plain dicts."""
+    def list_configmaps(self, label_selector: str, namespaces: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """ConfigMaps that match ``label_selector`` in ``namespaces`` (all when empty: one cluster-wide list), as
+        plain dicts."""
+        items: list[dict[str, Any]] = []
         with kube_call("list_configmaps", f"listing ConfigMaps {label_selector}"):
-            reply = self.core.list_config_map_for_all_namespaces(label_selector=label_selector,
-                                                                 _preload_content=False)
-        return _json(reply)["items"]
+            for namespace in namespaces:
+                items += _json(self.core.list_namespaced_config_map(namespace, label_selector=label_selector,
+                                                                    _preload_content=False))["items"]
+            if not namespaces:
+                items = _json(self.core.list_config_map_for_all_namespaces(label_selector=label_selector,
+                                                                           _preload_content=False))["items"]
+        return items
 
     def configmap_versions(self, label_selector: str, namespaces: tuple[str, ...] = (),
                            page_size: int = LIST_PAGE_SIZE) -> dict[tuple[str, str], str]:

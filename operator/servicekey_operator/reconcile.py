@@ -206,15 +206,19 @@ class Reconciler:
 
     def __init__(self, store: KvKeyStore, transit: TransitKeys, kube: KubeGateway, keygen: Keygen,
                  logger: logging.Logger | None = None,
-                 names_taken_in: Callable[[str], set[str]] = lambda _namespace: set()) -> None:
+                 names_taken_in: Callable[[str], set[str]] = lambda _namespace: set(),
+                 copy_namespaces: tuple[str, ...] = ()) -> None:
         """``names_taken_in(namespace)``: the ConfigMap names that namespace's own ServiceKeys publish under,
-        which no copy from elsewhere may take (from the operator's watch, not a listing per pass)."""
+        which no copy from elsewhere may take (from the operator's watch, not a listing per pass);
+        ``copy_namespaces``: where copies can be, when the operator may only list ConfigMaps there (namespaced
+        RBAC; empty: everywhere)."""
         self.store = store
         self.transit = transit
         self.kube = kube
         self.keygen = keygen
         self.logger = logger or logging.getLogger(__name__)
         self.names_taken_in = names_taken_in
+        self.copy_namespaces = copy_namespaces
 
     async def reconcile(self, desired: DesiredKey, owner: Owner, now: datetime.datetime, *,
                         published_kid: str | None = None, expect_copies: bool = False,
@@ -302,7 +306,7 @@ class Reconciler:
         """Delete our copies outside ``keep``. A deletion that namespace's policy refuses is left for a later
         pass (or, at the end of the ServiceKey, behind: a public key only), so one tenant cannot stop another's
         passes or deletion."""
-        for copy in self.kube.list_configmaps(publish.copies_selector(desired)):
+        for copy in self.kube.list_configmaps(publish.copies_selector(desired), self.copy_namespaces):
             metadata = copy["metadata"]
             # A copy under a former configMapName goes too, even in a namespace that is kept.
             if (metadata["namespace"] not in keep or metadata["name"] != desired.configmap_name) \

@@ -1,9 +1,12 @@
-"""The chart against the real apiserver: its manifests pass server-side dry-run, and an operator running with
-the chart's ServiceAccount identity (not admin) handles the whole ServiceKey lifecycle and cannot read Secrets."""
+"""The chart against the real apiserver: its manifests pass server-side dry-run, and in every RBAC mode of the
+chart (cluster-wide, namespaced with publish namespaces, each with and without peering) an operator running with
+the chart's ServiceAccount identity (not admin) and its Deployment's environment handles the whole ServiceKey
+lifecycle and cannot read Secrets."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -12,8 +15,8 @@ import yaml
 from devcluster.chart import helm, install_chart, service_account_kubeconfig, uninstall_chart
 from devcluster.environment import DevEnvironment
 from devcluster.operator_process import OperatorProcess
-from tests.e2e.chart import CHART_DIR, FULL_VALUES, NAMESPACE, RELEASE, merged, values_args
-from tests.support import ServiceKeys, wait_for
+from tests.e2e.chart import CHART_DIR, FULL_VALUES, NAMESPACE, RELEASE, env_of, merged, values_args
+from tests.support import MakeNamespace, ServiceKeys, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -59,41 +62,93 @@ def test_rendered_chart_passes_server_side_dry_run(dev_env: DevEnvironment, char
     assert "created (server dry run)" in result.stdout
 
 
-@pytest.fixture(scope="module")
-def installed_release(dev_env: DevEnvironment, chart_prerequisites: None) -> Iterator[str]:
-    """`helm install` of the chart (token auth); yields the operator's ServiceAccount name."""
-    yield install_chart(dev_env)
-    uninstall_chart(dev_env)
+@dataclass(frozen=True)
+class ChartMode:
+    """One way to install the chart that gives its ServiceAccount different RBAC: cluster-wide (a ClusterRole)
+    or namespaced (``watchNamespaces``: a Role per watched namespace, and a ConfigMap-only Role per
+    ``rbac.publishNamespaces``), each with or without peering (the kopf peering objects' rights)."""
+
+    name: str
+    namespaced: bool = False
+    peering: bool = False
+
+    def set_values(self, watched: str, publish_to: str) -> list[str]:
+        values = [f"watchNamespaces={{{watched}}}", f"rbac.publishNamespaces={{{publish_to}}}"] \
+            if self.namespaced else []
+        return [*values, "peering.enabled=true"] if self.peering else values
 
 
-@pytest.fixture(scope="module")
-def chart_identity_kubeconfig(dev_env: DevEnvironment, installed_release: str, tmp_path_factory) -> Path:
-    """A kubeconfig that authenticates as the chart's ServiceAccount (TokenRequest), not as admin."""
-    return service_account_kubeconfig(dev_env, installed_release, tmp_path_factory.mktemp("identity") / "kubeconfig")
+MODES = [ChartMode("cluster-wide"), ChartMode("namespaced", namespaced=True),
+         ChartMode("cluster-wide-peering", peering=True),
+         ChartMode("namespaced-peering", namespaced=True, peering=True)]
+# The Deployment's variables that only make sense inside its pod: the token file is mounted from a Secret
+# (the local process gets the environment's token instead), and the operator process picks free ports.
+POD_ONLY_ENV = {"VAULT_TOKEN_FILE", "SERVICEKEY_METRICS_PORT", "SERVICEKEY_HEALTH_PORT"}
 
 
-def test_the_chart_identity_may_not_read_secrets(dev_env: DevEnvironment, chart_identity_kubeconfig: Path,
-                                                 namespace: str):
-    denied = dev_env.kube.kubectl("get", "secrets", "-n", namespace, kubeconfig=chart_identity_kubeconfig,
-                                  check=False)
-    allowed = dev_env.kube.kubectl("get", "configmaps", "-n", namespace, kubeconfig=chart_identity_kubeconfig,
-                                   check=False)
+@dataclass(frozen=True)
+class Release:
+    """The chart installed in one mode: its ServiceAccount's kubeconfig, the operator environment its
+    Deployment sets, and the opted-in namespace that ServiceKeys of the test namespace publish copies into."""
 
-    assert denied.returncode != 0 and "Forbidden" in denied.stderr, denied.stderr
-    assert allowed.returncode == 0, allowed.stderr
+    mode: ChartMode
+    kubeconfig: Path
+    operator_env: dict[str, str]
+    publish_to: str
+
+
+@pytest.fixture(params=MODES, ids=[mode.name for mode in MODES])
+def release(request: pytest.FixtureRequest, dev_env: DevEnvironment, chart_prerequisites: None, namespace: str,
+            make_namespace: MakeNamespace, tmp_path: Path) -> Iterator[Release]:
+    """``helm install`` of the chart (token auth) in one mode, for the test's namespace (the namespaces the
+    values name exist first, as in a real cluster); ``helm uninstall`` after."""
+    mode: ChartMode = request.param
+    publish_to = make_namespace(accept_from="*")
+    service_account = install_chart(dev_env, *mode.set_values(namespace, publish_to))
+    try:
+        manifest = helm(dev_env, "get", "manifest", RELEASE, "--namespace", NAMESPACE).stdout
+        deployment_env = env_of([doc for doc in yaml.safe_load_all(manifest) if doc])
+        operator_env = {name: value for name, value in deployment_env.items()
+                        if value is not None and name not in POD_ONLY_ENV}
+        kubeconfig = service_account_kubeconfig(dev_env, service_account, tmp_path / "chart-identity.kubeconfig")
+        yield Release(mode, kubeconfig, operator_env, publish_to)
+    finally:
+        uninstall_chart(dev_env)
+        # A mode that failed leaves its ServiceKeys behind with the operator's finalizer (and no operator to
+        # remove it): gone now, or the next mode's operator would finalize them in a terminating namespace.
+        kubectl = dev_env.kube.kubectl
+        kubectl("delete", "servicekeys", "--all", "-n", namespace, "--wait=false")
+        for left in kubectl("get", "servicekeys", "-n", namespace, "-o", "name").stdout.split():
+            kubectl("patch", left, "-n", namespace, "--type=merge", "-p", '{"metadata":{"finalizers":null}}',
+                    check=False)
+
+
+def test_the_chart_identity_may_not_read_secrets(dev_env: DevEnvironment, release: Release, namespace: str):
+    for where in (namespace, release.publish_to):
+        denied = dev_env.kube.kubectl("get", "secrets", "-n", where, kubeconfig=release.kubeconfig, check=False)
+        allowed = dev_env.kube.kubectl("get", "configmaps", "-n", where, kubeconfig=release.kubeconfig,
+                                       check=False)
+
+        assert denied.returncode != 0 and "Forbidden" in denied.stderr, denied.stderr
+        assert allowed.returncode == 0, allowed.stderr
 
 
 def test_an_operator_with_the_chart_identity_runs_the_whole_lifecycle(
-        start_operator: Callable[..., OperatorProcess], chart_identity_kubeconfig: Path,
-        servicekeys: ServiceKeys, core_api, dev_env: DevEnvironment):
-    operator = start_operator(KUBECONFIG=str(chart_identity_kubeconfig))
-    target = f"{servicekeys.namespace}-copy"
-    core_api.create_namespace({"metadata": {"name": target, "annotations": {"servicekey.io/accept-from": "*"}}})
+        release: Release, start_operator: Callable[..., OperatorProcess], servicekeys: ServiceKeys, core_api):
+    """The operator gets what the chart's Deployment gives it: the identity, and the environment (watched
+    namespaces, peering, mounts, ...)."""
+    watched = release.operator_env["SERVICEKEY_WATCH_NAMESPACES"]
+    assert watched == (servicekeys.namespace if release.mode.namespaced else "")
+    assert bool(release.operator_env["SERVICEKEY_PEERING"]) == release.mode.peering
+    operator = start_operator(**release.operator_env, KUBECONFIG=str(release.kubeconfig))
+    target = release.publish_to
+
     try:
         servicekeys.create("ruled", {"algorithm": "ES256", "deletionPolicy": "Delete",
                                      "publicKey": {"namespaces": [target]}})
         first = servicekeys.wait_ready("ruled")["status"]
         assert first["publishedNamespaces"] == [target]
+        assert servicekeys.configmap("ruled-public", target) is not None
 
         servicekeys.patch("ruled", {"metadata": {"annotations": {"servicekey.io/rotate": "chart"}}})
         servicekeys.wait_new_kid("ruled", first["keyId"])
@@ -103,6 +158,14 @@ def test_an_operator_with_the_chart_identity_runs_the_whole_lifecycle(
         servicekeys.delete("ruled")
         servicekeys.wait_gone("ruled")
         wait_for(lambda: servicekeys.configmap("ruled-public", target) is None, 10, "the copy to be removed")
-        assert "Forbidden" not in operator.log_text(), "the chart's RBAC must cover everything the operator does"
-    finally:
-        core_api.delete_namespace(target)
+    except AssertionError as failed:
+        if refusals(operator):  # the likely reason: say which right the chart does not grant
+            raise AssertionError(f"{failed}\nthe operator was refused:\n{refusals(operator)[0]}") from failed
+        raise
+    refused = refusals(operator)
+    assert not refused, f"the chart's RBAC must cover everything the operator does; refused:\n{refused[0]}"
+
+
+def refusals(operator: OperatorProcess) -> list[str]:
+    """The operator's log lines about a request the API server refused (RBAC or the admission policy)."""
+    return [line for line in operator.log_text().splitlines() if "Forbidden" in line]
