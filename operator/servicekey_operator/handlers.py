@@ -46,6 +46,9 @@ from servicekey_operator.vault.records import parse_time
 from servicekey_operator.vault.transit import TransitKeys
 
 GROUP, VERSION, PLURAL = publish.API_GROUP, publish.API_VERSION, "servicekeys"
+CRD_NAME = f"{PLURAL}.{GROUP}"
+# How often the ServiceKeys of a terminating CRD are listed, to finalize those that are being deleted.
+CRD_CLEANUP_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 300.0
 CONFLICT_RECHECK_SECONDS = 60.0
 KOPF_STORAGE_PREFIX = "kopf.servicekey.io"
@@ -136,6 +139,8 @@ class OperatorState:
     listing: asyncio.Lock = field(default_factory=asyncio.Lock)
     scheduler_task: asyncio.Task[None] | None = None
     scheduled_passes: set[asyncio.Task[None]] = field(default_factory=set)
+    # Finalizes the ServiceKeys that a deletion of their CRD deletes (see ``servicekey_crd_changed``).
+    crd_cleanup: asyncio.Task[None] | None = None
 
     async def listed_configmap_version(self, namespace: str, name: str, logger: logging.Logger) -> str | None:
         """The resourceVersion the ConfigMap had when listed, and forget it; list again when the listing is
@@ -357,8 +362,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     """Stop the scheduler and the keygen workers."""
     state: OperatorState = memo.state
-    if state.scheduler_task is not None:
-        state.scheduler_task.cancel()
+    for task in (state.scheduler_task, state.crd_cleanup):
+        if task is not None:
+            task.cancel()
     state.keygen.shutdown()
 
 
@@ -447,7 +453,14 @@ async def _scheduled_pass(state: OperatorState, key: ObjectKey, body: Mapping[st
 async def finalize_servicekey(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, retry: int,
                               **_: Any) -> None:
     """Honour deletionPolicy in Vault; the ConfigMap goes with the owner reference."""
-    state: OperatorState = memo.state
+    try:
+        await _finalize(memo.state, body, logger)
+    except ServiceKeyError as failure:
+        raise kopf.TemporaryError(str(failure), delay=backoff_seconds(retry)) from failure
+
+
+async def _finalize(state: OperatorState, body: Mapping[str, Any], logger: logging.Logger) -> None:
+    """The end of one ServiceKey (see ``finalize_servicekey``); raises the failures worth retrying."""
     key: ObjectKey = (body["metadata"]["namespace"], body["metadata"]["name"])
     async with state.lock(key):
         state.finalizing[key] = body["metadata"]["uid"]
@@ -456,7 +469,7 @@ async def finalize_servicekey(body: kopf.Body, memo: kopf.Memo, logger: logging.
             events = await state.reconciler.finalize(desired, await _owner(state, body))
         except ServiceKeyError as failure:
             if failure.retryable:
-                raise kopf.TemporaryError(str(failure), delay=backoff_seconds(retry)) from failure
+                raise
             logger.warning(f"deletion: {failure}")
         else:
             _post(body, events)
@@ -485,6 +498,50 @@ def _desired_for_cleanup(state: OperatorState, body: Mapping[str, Any]) -> Desir
             return _desired(state, {**body, "spec": {**cleanup, "vault": vault}})
         except InvalidSpec:  # the path itself is what is invalid: the key can only be at the default one
             return _desired(state, {**body, "spec": {**cleanup, "vault": {"engine": vault.get("engine", "kv")}}})
+
+
+@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions", field="metadata.name", value=CRD_NAME)
+async def servicekey_crd_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, logger: logging.Logger,
+                                 **_: Any) -> None:
+    """The ServiceKey CRD is being deleted, which deletes every ServiceKey and waits for their finalizers.
+
+    kopf stops serving a resource as soon as its CRD is terminating (the API server's discovery then lists no
+    ``patch`` verb, although it still takes PATCH): it would run none of those finalizers, the CRD would stay
+    terminating for good, and the keys' last bodies would go on getting passes. So the operator forgets every
+    key and finalizes them itself, until the CRD is gone; a CRD created again is served by kopf as usual.
+    """
+    state: OperatorState = memo.state
+    terminating = event["type"] == "DELETED" or bool(body["metadata"].get("deletionTimestamp"))
+    if not terminating or (state.crd_cleanup is not None and not state.crd_cleanup.done()):
+        return
+    for key in list(state.bodies):  # their watch events end here: no pass may run on these last bodies
+        state.bodies.pop(key, None)
+        state.handled.pop(key, None)
+        state.scheduler.forget(key)
+    state.crd_cleanup = asyncio.create_task(_finalize_with_the_crd(state, logger), name="crd cleanup")
+
+
+async def _finalize_with_the_crd(state: OperatorState, logger: logging.Logger) -> None:
+    while True:
+        if await state.gate.active():
+            try:
+                bodies = await asyncio.to_thread(state.kube.servicekeys_being_deleted, FINALIZER,
+                                                 state.config.watch_namespaces)
+            except ServiceKeyError as failure:
+                logger.warning(f"the ServiceKey CRD is being deleted; listing its ServiceKeys: {failure}")
+                bodies = []
+            if bodies is None:
+                return  # the CRD is gone
+            for body in bodies:
+                try:
+                    await _finalize(state, body, logger)
+                    await asyncio.to_thread(state.kube.remove_finalizer, body, FINALIZER)
+                    logger.info(f"finalized {body['metadata']['namespace']}/{body['metadata']['name']}, deleted "
+                                "with the ServiceKey CRD")
+                except ServiceKeyError as failure:  # tried again on the next round
+                    logger.warning(f"deleting {body['metadata']['namespace']}/{body['metadata']['name']} with the "
+                                   f"CRD: {failure}")
+        await asyncio.sleep(CRD_CLEANUP_SECONDS)
 
 
 def _configmap_name(key: ObjectKey, body: Mapping[str, Any]) -> str:

@@ -196,6 +196,50 @@ class KubeGateway:
                 if missing.status != 404:  # deleted meanwhile: nothing to report on
                     raise
 
+    def servicekeys_being_deleted(self, finalizer: str, namespaces: tuple[str, ...] = (),
+                                  page_size: int = LIST_PAGE_SIZE) -> list[dict[str, Any]] | None:
+        """The ServiceKeys (in ``namespaces``, all when empty) that are being deleted and still carry
+        ``finalizer``; None when the API no longer serves ServiceKeys (their CRD is gone)."""
+        found: list[dict[str, Any]] = []
+        listings = ([functools.partial(self.custom.list_namespaced_custom_object, API_GROUP, API_VERSION, namespace,
+                                       "servicekeys") for namespace in namespaces]
+                    or [functools.partial(self.custom.list_cluster_custom_object, API_GROUP, API_VERSION,
+                                          "servicekeys")])
+        for list_page in listings:
+            token = None
+            while True:
+                with kube_call("list_servicekeys", "listing ServiceKeys"):
+                    try:
+                        page = list_page(limit=page_size, _continue=token)
+                    except ApiException as missing:
+                        if missing.status == 404:
+                            return None
+                        raise
+                found += [item for item in page["items"] if item["metadata"].get("deletionTimestamp")
+                          and finalizer in (item["metadata"].get("finalizers") or [])]
+                token = page["metadata"].get("continue")
+                if not token:
+                    break
+        return found
+
+    def remove_finalizer(self, servicekey: dict[str, Any], finalizer: str) -> None:
+        """Take ``finalizer`` off the ServiceKey, if it is still this object with these finalizers (else the
+        next listing shows what changed)."""
+        metadata = servicekey["metadata"]
+        finalizers = metadata.get("finalizers") or []
+        patch = [{"op": "test", "path": "/metadata/uid", "value": metadata["uid"]},
+                 {"op": "test", "path": "/metadata/finalizers", "value": finalizers},
+                 {"op": "replace", "path": "/metadata/finalizers", "value": [f for f in finalizers if f != finalizer]}]
+        what = f"removing the finalizer of ServiceKey {metadata['namespace']}/{metadata['name']}"
+        with kube_call("patch_servicekey", what):
+            try:
+                self.custom.patch_namespaced_custom_object(API_GROUP, API_VERSION, metadata["namespace"], "servicekeys",
+                                                           metadata["name"], patch,
+                                                           _content_type="application/json-patch+json")
+            except ApiException as changed:
+                if changed.status not in (404, 422):  # gone, or another object or finalizers by now
+                    raise
+
     def peering_keepalives(self, name: str, namespaces: tuple[str, ...] = ()) -> list[dict[str, Any]]:
         """The keep-alives (status) of kopf's peering object ``name``: the ClusterKopfPeering, or the
         KopfPeering in each of ``namespaces`` for a namespaced operator."""
