@@ -518,30 +518,35 @@ async def servicekey_crd_changed(event: kopf.RawEvent, body: kopf.Body, memo: ko
         state.bodies.pop(key, None)
         state.handled.pop(key, None)
         state.scheduler.forget(key)
-    state.crd_cleanup = asyncio.create_task(_finalize_with_the_crd(state, logger), name="crd cleanup")
+    state.crd_cleanup = asyncio.create_task(_finalize_with_the_crd(state, body["metadata"]["uid"], logger),
+                                            name="crd cleanup")
 
 
-async def _finalize_with_the_crd(state: OperatorState, logger: logging.Logger) -> None:
+async def _finalize_with_the_crd(state: OperatorState, crd_uid: str, logger: logging.Logger) -> None:
+    """Finalize the ServiceKeys being deleted with the CRD of ``crd_uid``, until that CRD is gone (or has been
+    replaced by a new one, which kopf serves)."""
     while True:
-        if await state.gate.active():
-            try:
-                bodies = await asyncio.to_thread(state.kube.servicekeys_being_deleted, FINALIZER,
-                                                 state.config.watch_namespaces)
-            except ServiceKeyError as failure:
-                logger.warning(f"the ServiceKey CRD is being deleted; listing its ServiceKeys: {failure}")
-                bodies = []
-            if bodies is None:
-                return  # the CRD is gone
-            for body in bodies:
-                try:
-                    await _finalize(state, body, logger)
-                    await asyncio.to_thread(state.kube.remove_finalizer, body, FINALIZER)
-                    logger.info(f"finalized {body['metadata']['namespace']}/{body['metadata']['name']}, deleted "
-                                "with the ServiceKey CRD")
-                except ServiceKeyError as failure:  # tried again on the next round
-                    logger.warning(f"deleting {body['metadata']['namespace']}/{body['metadata']['name']} with the "
-                                   f"CRD: {failure}")
+        try:
+            if await asyncio.to_thread(state.kube.crd_uid, CRD_NAME) != crd_uid:
+                return
+            if await state.gate.active():
+                await _finalize_round(state, logger)
+        except Exception as failure:  # weather, or a bug: never leave the CRD terminating for good
+            logger.warning(f"the ServiceKey CRD is being deleted; finalizing its ServiceKeys: "
+                           f"{type(failure).__name__}: {failure}")
         await asyncio.sleep(CRD_CLEANUP_SECONDS)
+
+
+async def _finalize_round(state: OperatorState, logger: logging.Logger) -> None:
+    bodies = await asyncio.to_thread(state.kube.servicekeys_being_deleted, FINALIZER, state.config.watch_namespaces)
+    for body in bodies or []:
+        ref = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+        try:
+            await _finalize(state, body, logger)
+            await asyncio.to_thread(state.kube.remove_finalizer, body, FINALIZER)
+            logger.info(f"finalized {ref}, deleted with the ServiceKey CRD")
+        except ServiceKeyError as failure:  # tried again on the next round
+            logger.warning(f"deleting {ref} with the CRD: {failure}")
 
 
 def _configmap_name(key: ObjectKey, body: Mapping[str, Any]) -> str:

@@ -97,6 +97,7 @@ class KubeGateway:
     def __init__(self, client: kubernetes.client.ApiClient) -> None:
         self.core = kubernetes.client.CoreV1Api(client)
         self.custom = kubernetes.client.CustomObjectsApi(client)
+        self.apiextensions = kubernetes.client.ApiextensionsV1Api(client)
         self.client = client
         # The resourceVersion of each ConfigMap as we last wrote it, so the drift watch can tell our own
         # writes coming back from someone else's edits.
@@ -221,6 +222,15 @@ class KubeGateway:
                 if not token:
                     break
         return found
+
+    def crd_uid(self, name: str) -> str | None:
+        """The uid of the CustomResourceDefinition ``name``, None when there is none (a list by field selector:
+        the operator may list CRDs, not get them)."""
+        with kube_call("list_crds", f"listing CustomResourceDefinition {name}"):
+            reply = self.apiextensions.list_custom_resource_definition(field_selector=f"metadata.name={name}",
+                                                                       _preload_content=False)
+        items = _json(reply)["items"]
+        return items[0]["metadata"]["uid"] if items else None
 
     def remove_finalizer(self, servicekey: dict[str, Any], finalizer: str) -> None:
         """Take ``finalizer`` off the ServiceKey, if it is still this object with these finalizers (else the

@@ -13,6 +13,7 @@ import datetime
 import enum
 import json
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,14 +89,18 @@ def next_pass_time(desired: DesiredKey, history: KeyHistory) -> datetime.datetim
     return due - datetime.timedelta(seconds=desired.rotation.publish_ahead_seconds)
 
 
-def _spec_of(key: StoredKey) -> tuple[str, str, int | None]:
-    return key.engine, key.algorithm, key.key_size
+def _made_as_asked(key: StoredKey, desired: DesiredKey) -> bool:
+    """Whether ``key`` is what the spec asks for: engine, algorithm, size and, for Transit, the mount (a record
+    written before mounts were recorded names none, and matches any)."""
+    moved = key.transit is not None and bool(key.transit.mount) and key.transit.mount != desired.vault_mount
+    return (key.engine, key.algorithm, key.key_size) == (desired.engine, desired.algorithm, desired.key_size) \
+        and not moved
 
 
 def _trigger(desired: DesiredKey, history: KeyHistory, now: datetime.datetime) -> str | None:
     current = history.current
     assert current is not None
-    if _spec_of(current) != (desired.engine, desired.algorithm, desired.key_size):
+    if not _made_as_asked(current, desired):
         return "SpecChanged"
     if current.transit and history.transit_latest > history.newest_transit_version(current.transit.key_name):
         # Rotated outside the operator (transit/keys/<k>/rotate, auto_rotate_period): signers that name no
@@ -131,7 +136,7 @@ def decide_key(desired: DesiredKey, history: KeyHistory, published_kids: frozens
     if pending is not None:
         if pending.kid == current.kid:
             return KeyDecision(KeyAction.CLEAR_PENDING, "Rotating")
-        if _spec_of(pending) == (desired.engine, desired.algorithm, desired.key_size):
+        if _made_as_asked(pending, desired):
             activate_at = pending.activate_at or now
             if pending.kid not in published_kids:
                 # A crash lost the publication: verifiers get their full publishAhead from now on.
@@ -141,8 +146,11 @@ def decide_key(desired: DesiredKey, history: KeyHistory, published_kids: frozens
             if now >= activate_at:
                 return KeyDecision(KeyAction.PROMOTE, pending.rotation_reason or "Scheduled")
             return KeyDecision(KeyAction.KEEP, "Rotating")
-        # The spec changed under a staged key: it was never used, stage the right one instead.
+        # The spec changed under a staged key: it was never used, stage the right one instead, or, when the
+        # spec went back to what the current key is, just withdraw it.
         history = dataclasses.replace(history, pending=None)
+        if _trigger(desired, history, now) is None:
+            return KeyDecision(KeyAction.CLEAR_PENDING, "SpecChanged")
     reason = _trigger(desired, history, now)
     if reason is None:
         return KeyDecision(KeyAction.KEEP, "UpToDate")
@@ -324,8 +332,7 @@ class Reconciler:
                                               # if publishAhead was switched off since.
                                               with_pending=True, adopt_namespace_uid=desired.adopt_namespace_uid)
             current = history.current
-            if current and current.transit and _spec_of(current) == (desired.engine, desired.algorithm,
-                                                                       desired.key_size):
+            if current and current.transit and _made_as_asked(current, desired):
                 history = dataclasses.replace(history, transit_latest=await asyncio.to_thread(
                     self.transit.latest_version, current.transit.mount or desired.vault_mount,
                     current.transit.key_name))
@@ -440,6 +447,11 @@ class Reconciler:
         claim, the version's public half and where it lives."""
         name = transit_key_name(desired.vault_path, desired.algorithm, desired.key_size)
         claim = TransitClaim(desired.vault_mount, transit_key_type(desired.algorithm, desired.key_size))
+        # Records written before Transit mounts were recorded name the key without one: their own key, claimed.
+        unmounted = {key.transit.key_name for key in (history.current, *history.previous)
+                     if key and key.transit and not key.transit.mount}
+        if name in unmounted and claim not in history.transit_claims:
+            history = dataclasses.replace(history, transit_claims=history.transit_claims | {claim})
         if claim not in history.transit_claims:
             # A Transit key this record never claimed was made by someone else, however its name came about.
             if self.transit.exists(desired.vault_mount, name):
@@ -450,9 +462,12 @@ class Reconciler:
             metadata = record_metadata(owner, desired.deletion_policy, claims, adoption(history, owner.namespace_uid))
             self.store.write_metadata(desired.record_mount, desired.vault_path, metadata)
             history = dataclasses.replace(history, metadata=metadata, transit_claims=claims)
+        # After the current version was deleted or destroyed its Transit version is unknown: always a new one.
+        known = history.newest_transit_version(name) if history.current or not history.current_version \
+            else sys.maxsize
         keypair, transit = self.transit.new_version(
-            desired.vault_mount, desired.algorithm, desired.key_size, desired.vault_path,
-            known_version=history.newest_transit_version(name), retain_previous=desired.rotation.retain_previous,
+            desired.vault_mount, desired.algorithm, desired.key_size, desired.vault_path, known_version=known,
+            retain_previous=desired.rotation.retain_previous,
             reusable_after=history.current.created_at if history.current else None)
         return history, keypair, transit
 

@@ -186,6 +186,10 @@ def desired_key(namespace: str, name: str, uid: str, spec: Mapping[str, Any],
         if period_ns is not None and publish_ahead_ns >= period_ns:
             raise InvalidSpec("rotation.publishAhead must be shorter than rotation.period")
         publish_ahead_seconds = publish_ahead_ns / _SECOND
+    elif engine == "transit":
+        # Opt-in: a staged Transit version already signs for signers that do not pin the record's key_version
+        # (the README's example before Transit keys could be staged).
+        publish_ahead_seconds = 0.0
     else:  # below the period: at most half of it
         publish_ahead_seconds = min(DEFAULT_PUBLISH_AHEAD_SECONDS, (period_seconds or math.inf) / 2)
     retain_previous = int(rotation.get("retainPrevious", 1))

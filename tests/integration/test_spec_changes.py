@@ -317,6 +317,46 @@ def test_moving_the_key_in_vault_is_refused_at_admission(operator: OperatorProce
     assert servicekeys.get("moving")["status"]["keyId"] == old_kid
 
 
+def test_an_engine_change_is_refused_for_a_key_on_its_own_kv_mount(operator: OperatorProcess,
+                                                                   servicekeys: ServiceKeys, other_kv_mount: str):
+    """A Transit key's record lives on the operator's default KV mount: switching a key on another KV mount to
+    Transit (and back) would move its record, start a new history there and, back on KV, sign again with the
+    retired key still at the old mount."""
+    servicekeys.create("own-mount", {"algorithm": "ES256", "vault": {"mount": other_kv_mount}})
+    servicekeys.wait_ready("own-mount")
+
+    with pytest.raises(kubernetes.client.ApiException) as refused:
+        servicekeys.patch("own-mount", {"spec": {"vault": {"engine": "transit", "mount": "transit"}}})
+
+    assert refused.value.status == 422 and "an engine change needs the default KV mount" in refused.value.body
+
+
+def test_where_a_key_lives_may_be_corrected_until_its_first_key_is_made(operator: OperatorProcess,
+                                                                        servicekeys: ServiceKeys):
+    servicekeys.create("typo", {"algorithm": "ES256", "vault": {"path": "servicekeys/elsewhere/typo"}})
+    servicekeys.wait_condition("typo", "False", "InvalidSpec")
+
+    servicekeys.patch("typo", {"spec": {"vault": {"path": f"servicekeys/{servicekeys.namespace}/typo"}}})
+
+    assert servicekeys.wait_ready("typo")["status"]["vaultPath"] == f"secret/servicekeys/{servicekeys.namespace}/typo"
+
+
+def test_a_transit_mount_change_makes_a_new_key_on_the_new_mount(operator: OperatorProcess, servicekeys: ServiceKeys,
+                                                                 dev_env: DevEnvironment):
+    mount = "transit-spec-changes"
+    if mount not in servicekeys.vault.sys.list_mounted_secrets_engines()["data"]:
+        servicekeys.vault.sys.enable_secrets_engine("transit", path=mount)
+    servicekeys.create("moved", {"algorithm": "ES256", "vault": {"engine": "transit"}})
+    first = servicekeys.wait_ready("moved")["status"]["keyId"]
+
+    servicekeys.patch("moved", {"spec": {"vault": {"mount": mount}}})
+    moved = servicekeys.wait_new_kid("moved", first)["status"]
+
+    assert moved["vaultPath"].startswith(f"{mount}/keys/")
+    assert servicekeys.kids("moved-public") == [moved["keyId"], first], "the old key is retained"
+    assert servicekeys.verifies("moved-public", servicekeys.sign_with_transit("moved"))
+
+
 # --- Deleting a ServiceKey whose spec has become invalid ------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -71,12 +71,16 @@ STAGED = _key("kid-4", annotation="a", activate_at=T0 + 2 * MINUTE)
     (AHEAD, ROTATE_A, _history(pending=replace(STAGED, kid="kid-3")), T0, (KeyAction.CLEAR_PENDING, "Rotating")),
     ({"algorithm": "ES384", "rotation": {"publishAhead": "2m"}}, ROTATE_A, _history(pending=STAGED), T0 + MINUTE,
      (KeyAction.STAGE, "SpecChanged")),
+    # ES256 -> ES384 staged -> back to ES256 before promotion: the staged key is withdrawn, nothing new made.
+    (AHEAD, {}, _history(pending=replace(STAGED, algorithm="ES384")), T0 + MINUTE,
+     (KeyAction.CLEAR_PENDING, "SpecChanged")),
 ], ids=["no-key", "current-deleted", "pending-deleted", "no-key-ignores-publish-ahead", "up-to-date",
         "algorithm-changed", "rsa-size-changed",
         "rsa-default-size", "annotation-new", "annotation-answered", "annotation-removed", "period-not-due",
         "period-due", "spec-change-wins", "publish-ahead-stages", "schedule-not-yet-staged",
         "schedule-staged-ahead-of-tick", "pending-waits", "pending-promoted-on-time",
-        "pending-promoted-after-publish-ahead-removed", "pending-already-promoted", "spec-change-restages"])
+        "pending-promoted-after-publish-ahead-removed", "pending-already-promoted", "spec-change-restages",
+        "spec-changed-back-withdraws-the-staged-key"])
 def test_decide_key(spec, annotations, history, now, expected):
     decision = decide_key(_desired(spec, annotations), history, frozenset({"kid-3", "kid-4"}), now)
 

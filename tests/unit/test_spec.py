@@ -43,7 +43,7 @@ def test_defaults_follow_the_contract():
     ({"rotation": {"period": "1m"}}, 30.0),
     ({"rotation": {"publishAhead": "0s"}}, 0.0),
     ({"rotation": {"publishAhead": "2m"}}, 120.0),
-    ({"vault": {"engine": "transit"}}, 180.0),  # signers pin key_version to the record (README)
+    ({"vault": {"engine": "transit"}}, 0.0),  # opt-in: signers must pin key_version to the record (README)
 ], ids=["default", "long-period", "short-period", "shortest-period", "opted-out", "explicit", "transit"])
 def test_publish_ahead_defaults_to_three_minutes_within_half_the_period(spec, seconds):
     assert desired_key("ns", "name", "uid", spec, {}, CONFIG).rotation.publish_ahead_seconds == seconds
