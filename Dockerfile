@@ -50,6 +50,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 65532:65532
 
 # 8080: Prometheus /metrics (SERVICEKEY_METRICS_PORT); 8081: kopf liveness /healthz (SERVICEKEY_HEALTH_PORT).
+# The JWKS server is the same image with the arguments "jwks-server ..." (its one port: 8080).
 EXPOSE 8080 8081
 
-ENTRYPOINT ["servicekey-operator", "run"]
+ENTRYPOINT ["servicekey-operator"]
+CMD ["run"]

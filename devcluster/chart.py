@@ -14,6 +14,8 @@ OPERATOR_POLICY = REPO_ROOT / "deploy" / "vault" / "servicekey-operator-policy.h
 VAULT_ROLE = "servicekey-operator"
 RELEASE = "servicekey-operator"
 RELEASE_NAMESPACE = "servicekey-system"
+# The release's operator objects (its JWKS server has the component jwks-server).
+OPERATOR_SELECTOR = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=operator"
 
 
 def helm(env: DevEnvironment, *args: str) -> subprocess.CompletedProcess[str]:
@@ -39,8 +41,8 @@ def install_chart(env: DevEnvironment, *set_values: str) -> str:
     helm(env, "install", RELEASE, str(CHART_DIR), "--namespace", RELEASE_NAMESPACE, "--create-namespace",
          *_set_flags(f"vault.address={env.vault.addr}", "vault.auth.method=token",
                      "vault.auth.token.secretName=servicekey-operator-vault-token", *set_values))
-    accounts = env.kube.kubectl("get", "serviceaccounts", "-n", RELEASE_NAMESPACE, "-l",
-                                f"app.kubernetes.io/instance={RELEASE}", "-o", "name").stdout.split()
+    accounts = env.kube.kubectl("get", "serviceaccounts", "-n", RELEASE_NAMESPACE, "-l", OPERATOR_SELECTOR,
+                                "-o", "name").stdout.split()
     if len(accounts) != 1:
         raise RuntimeError(f"expected one ServiceAccount from the chart, found {accounts}")
     return accounts[0].split("/", 1)[1]

@@ -2,7 +2,8 @@
 # Install everything a fresh machine lacks: Debian packages, this project with its test extras, and the
 # Go-built cluster binaries (kube-apiserver, kube-controller-manager, kubectl, etcd, helm; the node's kubelet,
 # kube-scheduler, kube-proxy and containerd), which are compiled once from the Go module proxy and cached
-# outside the repo (~/.cache/servicekey-operator).
+# outside the repo (~/.cache/servicekey-operator), and the pinned `jose` npm package the JWKS verifier tests run
+# under Node (cached there too, in npm/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,9 @@ for tool in runc iptables buildah mmdebstrap gcc; do
   command -v "$tool" >/dev/null || need_debian+=("$tool")
 done
 command -v ip >/dev/null || need_debian+=(iproute2)
+# Node and npm: the third-party JWKS client of tests/integration/test_jwks_verifiers.py (jose) runs under Node.
+command -v node >/dev/null || need_debian+=(nodejs)
+command -v npm >/dev/null || need_debian+=(npm)
 [[ -x /usr/lib/cni/bridge ]] || need_debian+=(containernetworking-plugins)
 if ((${#need_debian[@]})); then
   echo "==> apt-get install ${need_debian[*]}"
@@ -23,6 +27,9 @@ fi
 
 echo "==> pip install -e .[${SERVICEKEY_EXTRAS:-test}]"
 python3 -m pip install --disable-pip-version-check --root-user-action=ignore -q -e ".[${SERVICEKEY_EXTRAS:-test}]"
+
+echo "==> npm install jose (pinned in devcluster/npm.py) into the cache, outside the repo"
+python3 -c 'from devcluster.npm import install_jose; print(install_jose())'
 
 echo "==> building/caching the cluster binaries (first run: about 10 minutes on 2 cores)"
 python3 -m devcluster build

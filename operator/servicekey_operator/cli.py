@@ -1,5 +1,5 @@
-"""The ``servicekey-operator`` command: run the operator, rotate a key, check the invariants. (The local
-development cluster is not part of the operator: ``python3 -m devcluster`` in a checkout.)"""
+"""The ``servicekey-operator`` command: run the operator, rotate a key, check the invariants, serve the keys by
+URL. (The local development cluster is not part of the operator: ``python3 -m devcluster`` in a checkout.)"""
 
 from __future__ import annotations
 
@@ -102,6 +102,12 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if any(not violation.informational for violation in violations) else 0
 
 
+def _jwks_server(args: argparse.Namespace) -> int:
+    from servicekey_operator import jwks_server
+
+    return jwks_server.main(args)
+
+
 def parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     root = argparse.ArgumentParser(prog="servicekey-operator", description=__doc__)
@@ -122,6 +128,15 @@ def parser() -> argparse.ArgumentParser:
                        help="a namespace to check (repeatable; default: all)")
     check.add_argument("--etcd", metavar="URL", help="also scan etcd's raw keyspace through its JSON gateway")
     check.set_defaults(func=_check)
+    from servicekey_operator.jwks_server import add_arguments
+
+    jwks = commands.add_parser(
+        "jwks-server", help="serve the published public keys by URL (JWKS, PEM, discovery)",
+        description="Serve /keys/<namespace>/<name>/jwks.json, public.pem and .well-known/openid-configuration for "
+                    "ServiceKeys with spec.publicKey.http, from a watch of their ConfigMaps (KUBECONFIG or the "
+                    "in-cluster account; list and watch on ConfigMaps only). Never talks to Vault.")
+    add_arguments(jwks)
+    jwks.set_defaults(func=_jwks_server)
     return root
 
 

@@ -21,6 +21,11 @@ SOURCE_NAMESPACE_LABEL = "servicekey.io/source-namespace"
 # The uid of the ServiceKey a copy in another namespace belongs to (copies cannot have owner references).
 OWNER_UID_LABEL = "servicekey.io/owner-uid"
 KEY_VERSION_ANNOTATION = "servicekey.io/key-version"
+# On the source ConfigMap only: whether the JWKS server serves it (spec.publicKey.http), and under which issuer.
+HTTP_LABEL = "servicekey.io/http"
+ISSUER_ANNOTATION = "servicekey.io/issuer"
+# What the JWKS server lists and watches: source ConfigMaps (never copies) whose ServiceKey opted in.
+SERVED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY},{HTTP_LABEL}=true,!{SOURCE_NAMESPACE_LABEL}"
 
 
 def published_keys(history: KeyHistory, retain_previous: int) -> list[StoredKey]:
@@ -33,18 +38,18 @@ def published_keys(history: KeyHistory, retain_previous: int) -> list[StoredKey]
 
 
 def configmap_data(history: KeyHistory, retain_previous: int) -> dict[str, str]:
-    """``public.pem``, ``jwks.json`` and ``kid`` for the current key and the retained ones."""
+    """What verifiers read: ``public.pem`` and ``kid`` of the current key; the JWK Set (RFC 7517) of the current,
+    pending and retained keys as ``jwks.json`` and, byte-identical, ``jwks`` (the key Envoy Gateway's localJWKS
+    reads); and ``<kid>.pem`` for each key in the set (for verifiers that take a list of PEM files)."""
     keys = published_keys(history, retain_previous)
     if not keys:
         raise ValueError("no current key to publish")
-    jwks = jwk_set([(key.public_pem, key.algorithm) for key in keys])
-    return {
-        "public.pem": keys[0].public_pem,
-        # Fixed member order and formatting: equal keys give byte-equal output, so an unchanged
-        # key never causes a ConfigMap write.
-        "jwks.json": json.dumps(jwks, indent=2) + "\n",
-        "kid": keys[0].kid,
-    }
+    # Fixed member order and formatting: equal keys give byte-equal output, so an unchanged key never causes a
+    # ConfigMap write.
+    jwks = json.dumps(jwk_set([(key.public_pem, key.algorithm) for key in keys]), indent=2) + "\n"
+    # A kid is base64url: always a valid ConfigMap key.
+    pems = {f"{key.kid}.pem": key.public_pem for key in keys}
+    return {"public.pem": keys[0].public_pem, "jwks.json": jwks, "jwks": jwks, "kid": keys[0].kid, **pems}
 
 
 def desired_configmap(desired: DesiredKey, history: KeyHistory, namespace: str | None = None) -> dict[str, Any]:
@@ -56,6 +61,8 @@ def desired_configmap(desired: DesiredKey, history: KeyHistory, namespace: str |
         "annotations": {KEY_VERSION_ANNOTATION: str(history.current.key_version if history.current else 0)},
     }
     if target_namespace == desired.namespace:
+        labels[HTTP_LABEL] = "true" if desired.serve_http else "false"
+        metadata["annotations"][ISSUER_ANNOTATION] = desired.issuer or ""
         metadata["ownerReferences"] = [{
             "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND, "name": desired.name,
             "uid": desired.uid, "controller": True, "blockOwnerDeletion": True,

@@ -103,6 +103,17 @@ def _rotation_duration(rotation: Mapping[str, Any], field: str) -> int | None:
     return parse_duration_nanoseconds(text)
 
 
+# The CRD's pattern of spec.publicKey.issuer (RE2 there: spelled out, \s differs): an https URL without query or
+# fragment.
+_ISSUER = re.compile(r"https://[^\t\n\f\r /?#]+(/[^\t\n\f\r ?#]*)?")
+
+
+def _issuer(issuer: str | None) -> str | None:
+    if issuer is not None and not (_ISSUER.fullmatch(issuer) and len(issuer) <= 2048):
+        raise InvalidSpec(f"publicKey.issuer {issuer!r} must be an https URL without query or fragment")
+    return issuer
+
+
 def _vault_mount(mount: str) -> str:
     # One mount name: with a '/' in it, mount and path together could reach below another namespace's folder
     # (mount "secret/servicekeys/other" + path "servicekeys/mine/x").
@@ -153,6 +164,9 @@ class DesiredKey:
     namespace_selector: Mapping[str, Any] | None
     # The earlier namespace (of the same name) whose Vault records this ServiceKey may adopt.
     adopt_namespace_uid: str | None = None
+    # spec.publicKey.http and .issuer: served by URL from the JWKS server, under this issuer (None: its default).
+    serve_http: bool = False
+    issuer: str | None = None
 
     @property
     def emergency(self) -> bool:
@@ -220,4 +234,6 @@ def desired_key(namespace: str, name: str, uid: str, spec: Mapping[str, Any],
         target_namespaces=tuple(public_key.get("namespaces") or ()),
         namespace_selector=public_key.get("namespaceSelector"),
         adopt_namespace_uid=annotations.get(ADOPT_NAMESPACE_UID_ANNOTATION) or None,
+        serve_http=bool(public_key.get("http", False)),
+        issuer=_issuer(public_key.get("issuer")),
     )

@@ -42,6 +42,10 @@ CLUSTER_ONLY_RULES = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
 }
 PEERING_VERBS = {"list", "watch", "patch"}
+# What the JWKS server may do, and no more: read the public-key ConfigMaps through a label selector.
+JWKS_RULES = {("", "configmaps"): {"list", "watch"}}
+# The JWKS server's resources carry this component label; the operator's carry "operator".
+JWKS_COMPONENT = "jwks-server"
 
 # Every documented value set to something other than its default (the kubernetes/approle/token
 # sub-values are all set; the auth method is varied by the test that uses it).
@@ -126,6 +130,31 @@ FULL_VALUES: dict[str, Any] = {
             "matchLabels": {"kubernetes.io/metadata.name": "prometheus"}}}]},
     },
     "admissionPolicy": {"enabled": True},
+    "jwksServer": {
+        "enabled": True,
+        "replicaCount": 3,
+        "maxAge": 30,
+        "baseUrl": "https://keys.example.test/jwks",
+        "logFormat": "text",
+        "tls": {"secretName": "jwks-tls"},
+        "service": {"type": "LoadBalancer", "port": 8443, "annotations": {"example.test/lb": "internal"}},
+        "serviceAccount": {"create": True, "name": "sko-jwks", "annotations": {"example.test/owner": "platform"}},
+        "podAnnotations": {"example.test/scrape": "false"},
+        "podLabels": {"example.test/tier": "edge"},
+        "resources": {"requests": {"cpu": "200m", "memory": "96Mi"}, "limits": {"cpu": "2", "memory": "192Mi"}},
+        "priorityClassName": "system-cluster-critical",
+        "nodeSelector": {"kubernetes.io/arch": "amd64"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "edge", "effect": "NoSchedule"}],
+        "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+            "topologyKey": "kubernetes.io/hostname",
+            "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "sko-jwks"}}}]}},
+        "topologySpreadConstraints": [{
+            "maxSkew": 2, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
+            "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "sko-jwks"}},
+        }],
+        "podDisruptionBudget": {"enabled": True, "minAvailable": 2},
+        "networkPolicy": {"from": [{"namespaceSelector": {"matchLabels": {"example.test/verifiers": "true"}}}]},
+    },
 }
 
 
@@ -174,9 +203,28 @@ def only(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[0]
 
 
+def is_jwks(doc: dict[str, Any]) -> bool:
+    """Whether the doc belongs to the JWKS server (jwksServer.*) rather than to the operator."""
+    return (doc["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == JWKS_COMPONENT
+
+
+def operator_docs(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [doc for doc in docs if not is_jwks(doc)]
+
+
+def jwks_docs(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [doc for doc in docs if is_jwks(doc)]
+
+
 def operator_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    containers = only(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    containers = only(operator_docs(docs), "Deployment")["spec"]["template"]["spec"]["containers"]
     assert [c["name"] for c in containers] == ["operator"]
+    return containers[0]
+
+
+def jwks_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    containers = only(jwks_docs(docs), "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["jwks-server"]
     return containers[0]
 
 

@@ -4,7 +4,10 @@ These tests render the chart (`helm lint`, `helm template`) and read the files; 
 What they defend: the chart renders with its defaults and with every documented value, its schema
 rejects bad values, its CRD is the repository's CRD byte for byte, its RBAC never touches Secrets and
 has no wildcards, the operator pod runs under the "restricted" Pod Security Standard, the README's
-values table is in step with values.yaml, and deploy/kustomize/base is the chart's default render.
+values table is in step with values.yaml, and deploy/kustomize/base is the chart's default render. The JWKS
+server (issue #16) is on by default with its own Deployment (2 replicas, a PDB), ServiceAccount, list/watch-only
+RBAC on ConfigMaps, Service, NetworkPolicy and ServiceMonitor, and runs under the same restricted security
+contexts; switched off, none of it renders.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from tests.e2e.chart import (
     CLUSTER_ONLY_RULES,
     CONTRACT_ENV,
     FULL_VALUES,
+    JWKS_RULES,
     KUSTOMIZE_BASE,
     NAMESPACE,
     PEERING_VERBS,
@@ -33,11 +37,15 @@ from tests.e2e.chart import (
     SERVING_RULES,
     SOURCE_CRD,
     env_of,
+    is_jwks,
+    jwks_container,
+    jwks_docs,
     key_of,
     merged,
     of_kind,
     only,
     operator_container,
+    operator_docs,
     render,
     rules_by_resource,
     run_helm,
@@ -132,10 +140,13 @@ def test_chart_passes_helm_lint_with_defaults_and_with_every_value(helm_bin, tmp
 def test_default_render_is_a_cluster_wide_standalone_operator(helm_bin, tmp_path):
     docs = render(helm_bin, tmp_path)
 
-    kinds = sorted(doc["kind"] for doc in docs)
+    kinds = sorted(doc["kind"] for doc in operator_docs(docs))
     assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "NetworkPolicy", "Service", "ServiceAccount",
                      "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
-    deployment = only(docs, "Deployment")
+    assert sorted(doc["kind"] for doc in jwks_docs(docs)) == [
+        "ClusterRole", "ClusterRoleBinding", "Deployment", "NetworkPolicy", "PodDisruptionBudget", "Service",
+        "ServiceAccount"], "the JWKS server is on by default"
+    deployment = only(operator_docs(docs), "Deployment")
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}, "one pod at a time without peering"
     assert operator_container(docs)["image"] == "servicekey-operator:0.1.0"
@@ -147,7 +158,7 @@ def test_default_render_is_a_cluster_wide_standalone_operator(helm_bin, tmp_path
 
 def test_by_default_only_the_monitoring_namespace_may_scrape_metrics_and_egress_is_open(helm_bin, tmp_path):
     # /metrics names every tenant's ServiceKeys (issue #13).
-    policy = only(render(helm_bin, tmp_path), "NetworkPolicy")["spec"]
+    policy = only(operator_docs(render(helm_bin, tmp_path)), "NetworkPolicy")["spec"]
 
     assert policy["policyTypes"] == ["Ingress"]
     assert policy["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}], "from": [
@@ -155,7 +166,8 @@ def test_by_default_only_the_monitoring_namespace_may_scrape_metrics_and_egress_
 
 
 def test_an_empty_metrics_allow_list_lets_nobody_scrape(helm_bin, tmp_path):
-    policy = only(render(helm_bin, tmp_path, {"networkPolicy": {"metrics": {"from": []}}}), "NetworkPolicy")["spec"]
+    policy = only(operator_docs(render(helm_bin, tmp_path, {"networkPolicy": {"metrics": {"from": []}}})),
+                  "NetworkPolicy")["spec"]
 
     assert policy["policyTypes"] == ["Ingress"] and policy["ingress"] == []
 
@@ -201,7 +213,7 @@ def test_default_render_configures_the_operator_by_its_environment_contract(helm
 def test_kubernetes_auth_uses_a_projected_token_for_vaults_audience(helm_bin, tmp_path):
     docs = render(helm_bin, tmp_path)
 
-    pod = only(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = only(operator_docs(docs), "Deployment")["spec"]["template"]["spec"]
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     token_source = volumes["vault-sa-token"]["projected"]["sources"][0]["serviceAccountToken"]
     assert token_source == {"path": "token", "audience": "vault", "expirationSeconds": 3600}
@@ -214,7 +226,7 @@ def test_kubernetes_auth_without_audience_uses_the_pods_own_token(helm_bin, tmp_
     docs = render(helm_bin, tmp_path, {"vault": {"auth": {"kubernetes": {"tokenAudience": ""}}}})
 
     assert env_of(docs)["SERVICEKEY_VAULT_SA_TOKEN_FILE"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
-    volume_names = {v["name"] for v in only(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    volume_names = {v["name"] for v in only(operator_docs(docs), "Deployment")["spec"]["template"]["spec"]["volumes"]}
     assert volume_names == {"tmp"}
 
 
@@ -242,14 +254,16 @@ def test_every_documented_value_renders(helm_bin, tmp_path, method):
     for other, names in expected_credential_env.items():
         assert (names <= set(env)) == (other == method), f"{other} credentials with method {method}"
     assert operator_container(docs)["image"].endswith("@sha256:" + "ab" * 32)
-    assert only(docs, "Deployment")["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert only(operator_docs(docs), "Deployment")["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert {doc["kind"] for doc in jwks_docs(docs)} >= {"Deployment", "ServiceMonitor", "PodDisruptionBudget",
+                                                        "Role", "RoleBinding", "NetworkPolicy", "Service"}
 
 
 def test_approle_credentials_come_from_the_users_secret_as_files(helm_bin, tmp_path):
     docs = render(helm_bin, tmp_path, {"vault": {"auth": {
         "method": "approle", "approle": {"secretName": "vault-approle"}}}})
 
-    pod = only(docs, "Deployment")["spec"]["template"]["spec"]
+    pod = only(operator_docs(docs), "Deployment")["spec"]["template"]["spec"]
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     assert volumes["vault-approle"]["secret"]["secretName"] == "vault-approle"
     assert volumes["vault-approle"]["secret"]["items"] == [
@@ -273,9 +287,9 @@ def test_peering_cluster_wide_creates_its_peering_object_and_rights(helm_bin, tm
     peering = only(docs, "ClusterKopfPeering")
     assert peering["apiVersion"] == "kopf.dev/v1"
     assert peering["metadata"]["name"] == "servicekey-operator"
-    rules = rules_by_resource(only(docs, "ClusterRole"))
+    rules = rules_by_resource(only(operator_docs(docs), "ClusterRole"))
     assert rules[("kopf.dev", "clusterkopfpeerings")] == PEERING_VERBS
-    assert only(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    assert only(operator_docs(docs), "PodDisruptionBudget")["spec"]["minAvailable"] == 1
     assert env_of(docs)["SERVICEKEY_PEERING"] == "servicekey-operator"
 
 
@@ -348,6 +362,12 @@ BAD_VALUES = {
     "watch namespace that is no DNS label": ({"watchNamespaces": ["Payments"]}, "watchNamespaces"),
     "short-lived projected token": (
         {"vault": {"auth": {"kubernetes": {"tokenExpirationSeconds": 60}}}}, "tokenExpirationSeconds"),
+    "JWKS server without replicas": ({"jwksServer": {"replicaCount": 0}}, "replicaCount"),
+    "JWKS max-age given as a string": ({"jwksServer": {"maxAge": "60"}}, "maxAge"),
+    "JWKS max-age of days": ({"jwksServer": {"maxAge": 86400}}, "maxAge"),
+    "JWKS base URL without scheme": ({"jwksServer": {"baseUrl": "keys.example.test"}}, "baseUrl"),
+    "JWKS TLS secret that is no name": ({"jwksServer": {"tls": {"secretName": "Not A Name"}}}, "secretName"),
+    "misspelt JWKS key": ({"jwksServer": {"replicas": 3}}, "replicas"),
 }
 
 
@@ -389,6 +409,8 @@ RBAC_VARIANTS = {
     "defaults": None,
     "peering cluster-wide": {"replicaCount": 2, "peering": {"enabled": True}},
     "every value": FULL_VALUES,
+    "JWKS server TLS": {"jwksServer": {"tls": {"secretName": "jwks-tls"}}},
+    "JWKS server off": {"jwksServer": {"enabled": False}},
 }
 
 
@@ -412,14 +434,18 @@ def test_rbac_grants_nothing_on_secrets_and_no_wildcards(helm_bin, tmp_path, val
         for field in ("apiGroups", "resources", "verbs", "resourceNames"):
             assert "*" not in rule.get(field, []), f"{role} has a wildcard in {field}: {rule}"
         assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), f"{role} grants {rule}"
+    # The JWKS server's roles, wherever they are, grant list/watch on ConfigMaps and nothing else.
+    for role in jwks_docs(docs):
+        if role["kind"] in ("ClusterRole", "Role"):
+            assert rules_by_resource(role) == JWKS_RULES, role["metadata"]
 
 
 def test_cluster_wide_rbac_is_exactly_what_the_operator_needs(helm_bin, tmp_path):
     docs = render(helm_bin, tmp_path)
 
-    cluster_role = only(docs, "ClusterRole")
+    cluster_role = only(operator_docs(docs), "ClusterRole")
     assert rules_by_resource(cluster_role) == SERVING_RULES | CLUSTER_ONLY_RULES
-    binding = only(docs, "ClusterRoleBinding")
+    binding = only(operator_docs(docs), "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "servicekey-operator",
                                     "namespace": NAMESPACE}]
@@ -431,16 +457,17 @@ def test_namespaced_rbac_uses_a_role_per_namespace_and_keeps_only_cluster_scoped
                                        "rbac": {"publishNamespaces": ["checkout"]},
                                        "replicaCount": 2, "peering": {"enabled": True}})
 
-    assert rules_by_resource(only(docs, "ClusterRole")) == CLUSTER_ONLY_RULES
+    assert rules_by_resource(only(operator_docs(docs), "ClusterRole")) == CLUSTER_ONLY_RULES
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): rules_by_resource(r)
-             for r in of_kind(docs, "Role")}
+             for r in of_kind(operator_docs(docs), "Role")}
     serving = SERVING_RULES | {("kopf.dev", "kopfpeerings"): PEERING_VERBS}
     assert roles == {
         ("payments", "servicekey-operator"): serving,
         ("orders", "servicekey-operator"): serving,
         ("checkout", "servicekey-operator-publish"): {("", "configmaps"): SERVING_RULES[("", "configmaps")]},
     }
-    bindings = {(b["metadata"]["namespace"], b["roleRef"]["name"]) for b in of_kind(docs, "RoleBinding")}
+    bindings = {(b["metadata"]["namespace"], b["roleRef"]["name"])
+                for b in of_kind(operator_docs(docs), "RoleBinding")}
     assert bindings == set(roles)
     peerings = {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in of_kind(docs, "KopfPeering")}
     assert peerings == {("payments", "servicekey-operator"), ("orders", "servicekey-operator")}
@@ -450,27 +477,54 @@ def test_namespaced_rbac_uses_a_role_per_namespace_and_keeps_only_cluster_scoped
 # Pod security
 # ----------------------------------------------------------------------------------------------------
 
-def test_operator_pod_runs_under_the_restricted_pod_security_standard(helm_bin, tmp_path):
-    docs = render(helm_bin, tmp_path)
+RESTRICTED_CONTAINER = {
+    "runAsNonRoot": True,
+    "runAsUser": 65532,
+    "runAsGroup": 65532,
+    "readOnlyRootFilesystem": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+# Volume types the "restricted" Pod Security Standard allows.
+RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                           "projected", "secret"}
+POD_SECURITY_VARIANTS = {
+    "defaults": None,
+    "jwks TLS": {"jwksServer": {"tls": {"secretName": "jwks-tls"}}},
+    "every value": FULL_VALUES,
+}
 
-    pod = only(docs, "Deployment")["spec"]["template"]["spec"]
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] == 65532
-    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+
+@pytest.mark.parametrize("values", POD_SECURITY_VARIANTS.values(), ids=POD_SECURITY_VARIANTS.keys())
+def test_every_pod_runs_under_the_restricted_pod_security_standard(helm_bin, tmp_path, values):
+    docs = render(helm_bin, tmp_path, values)
+
+    deployments = of_kind(docs, "Deployment")
+    assert sorted(is_jwks(d) for d in deployments) == [False, True], "the operator and the JWKS server"
+    for deployment in deployments:
+        name = deployment["metadata"]["name"]
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["runAsUser"] == 65532, name
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC"), name
+        assert "initContainers" not in pod and "ephemeralContainers" not in pod, name
+        for container in pod["containers"]:
+            assert container["securityContext"] == RESTRICTED_CONTAINER, name
+            assert not any("hostPort" in port for port in container.get("ports", [])), name
+        for volume in pod.get("volumes", []):
+            assert set(volume) - {"name"} <= RESTRICTED_VOLUME_TYPES, f"{name}: {volume}"
+    operator_pod = only(operator_docs(docs), "Deployment")["spec"]["template"]["spec"]
+    jwks_pod = only(jwks_docs(docs), "Deployment")["spec"]["template"]["spec"]
+    assert jwks_pod["securityContext"] == operator_pod["securityContext"], "the operator's pod security context"
     container = operator_container(docs)
-    assert container["securityContext"] == {
-        "runAsNonRoot": True,
-        "runAsUser": 65532,
-        "runAsGroup": 65532,
-        "readOnlyRootFilesystem": True,
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-    assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
     tmp_mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
-    tmp_volume = next(v for v in pod["volumes"] if v["name"] == tmp_mount["name"])
+    tmp_volume = next(v for v in operator_pod["volumes"] if v["name"] == tmp_mount["name"])
     assert "emptyDir" in tmp_volume
+    # The JWKS server writes nothing: no writable volume, only the TLS Secret when there is one.
+    assert all(mount.get("readOnly") for mount in jwks_container(docs).get("volumeMounts", []))
+    assert all("secret" in volume for volume in jwks_pod.get("volumes", []))
 
 
 def test_probes_check_kopf_health_endpoint_and_resources_are_set(helm_bin, tmp_path):
@@ -484,9 +538,261 @@ def test_probes_check_kopf_health_endpoint_and_resources_are_set(helm_bin, tmp_p
     # Sized from bench/ (docs/benchmarks.md): about 300 MiB at 10,000 keys.
     assert container["resources"] == {"requests": {"cpu": "100m", "memory": "256Mi"},
                                       "limits": {"cpu": "1", "memory": "512Mi"}}
-    service = only(docs, "Service")
+    service = only(operator_docs(docs), "Service")
     assert service["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics",
                                          "protocol": "TCP"}]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The JWKS server (issue #16)
+# ----------------------------------------------------------------------------------------------------
+
+JWKS = "servicekey-operator-jwks"
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def pod_selector(doc: dict[str, Any]) -> dict[str, str] | None:
+    """The pod labels a Deployment, PodDisruptionBudget, NetworkPolicy or Service selects on; None for others."""
+    spec = doc.get("spec") or {}
+    if doc["kind"] in ("Deployment", "PodDisruptionBudget"):
+        return spec["selector"]["matchLabels"]
+    if doc["kind"] == "NetworkPolicy":
+        return spec["podSelector"]["matchLabels"]
+    if doc["kind"] == "Service":
+        return spec["selector"]
+    return None
+
+
+def test_jwks_server_is_on_by_default_with_two_replicas_and_a_disruption_budget(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path)
+    jwks = jwks_docs(docs)
+
+    deployment = only(jwks, "Deployment")
+    assert deployment["metadata"]["name"] == JWKS
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    budget = only(jwks, "PodDisruptionBudget")
+    assert budget["metadata"]["name"] == JWKS
+    assert budget["spec"] == {"minAvailable": 1, "selector": {"matchLabels": selector}}
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == JWKS
+    container = jwks_container(docs)
+    assert container["image"] == operator_container(docs)["image"] == "servicekey-operator:0.1.0"
+    assert container["command"] == ["servicekey-operator"]
+    assert container["args"] == ["jwks-server", "--port", "8080", "--max-age", "60", "--log-format", "json"]
+    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http", "scheme": "HTTP"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http", "scheme": "HTTP"}
+    assert container["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"},
+                                      "limits": {"cpu": "1", "memory": "256Mi"}}
+    assert "volumes" not in pod and "volumeMounts" not in container
+    # Spread over nodes (and zones) when possible, never blocking scheduling.
+    spread = pod["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    for constraint in spread:
+        assert constraint["whenUnsatisfiable"] == "ScheduleAnyway"
+        assert constraint["labelSelector"] == {"matchLabels": selector}
+    # http://<release>-jwks.<namespace>.svc/keys/...: port 80 to the container's 8080.
+    service = only(jwks, "Service")
+    assert service["metadata"]["name"] == JWKS and service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["selector"] == selector
+    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    account = only(jwks, "ServiceAccount")
+    assert account["metadata"]["name"] == JWKS != only(operator_docs(docs), "ServiceAccount")["metadata"]["name"]
+
+
+def test_jwks_and_operator_selectors_never_pick_each_others_pods(helm_bin, tmp_path):
+    """The operator's Service, PDB and NetworkPolicy select on name + instance: the JWKS pods must not match."""
+    docs = render(helm_bin, tmp_path, merged(FULL_VALUES, {"serviceMonitor": {"enabled": True}}))
+
+    pods = {is_jwks(d): d["spec"]["template"]["metadata"]["labels"] for d in of_kind(docs, "Deployment")}
+    for doc in docs:
+        selector = pod_selector(doc)
+        if selector is None:
+            continue
+        matched = {owner for owner, labels in pods.items() if selects(selector, labels)}
+        assert matched == {is_jwks(doc)}, f"{doc['kind']} {doc['metadata']['name']} selects {matched}"
+    services = {is_jwks(s): s["metadata"]["labels"] for s in of_kind(docs, "Service")}
+    for monitor in of_kind(docs, "ServiceMonitor"):
+        matched = {owner for owner, labels in services.items()
+                   if selects(monitor["spec"]["selector"]["matchLabels"], labels)}
+        assert matched == {is_jwks(monitor)}, monitor["metadata"]["name"]
+
+
+def test_jwks_server_disabled_renders_nothing_of_it(helm_bin, tmp_path):
+    values = merged(FULL_VALUES, {"jwksServer": {"enabled": False}})
+
+    docs = render(helm_bin, tmp_path, values)
+
+    assert jwks_docs(docs) == []
+    assert not [doc for doc in docs if "jwks" in doc["metadata"]["name"]]
+    assert sorted(map(key_of, docs)) == sorted(map(key_of, operator_docs(render(helm_bin, tmp_path, FULL_VALUES))))
+    assert "JWKS server" not in render_notes(helm_bin, tmp_path, {"jwksServer": {"enabled": False}})
+
+
+def test_jwks_server_may_only_list_and_watch_configmaps_cluster_wide(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path)
+    jwks = jwks_docs(docs)
+
+    role = only(jwks, "ClusterRole")
+    assert role["metadata"]["name"] == JWKS
+    assert rules_by_resource(role) == JWKS_RULES
+    assert [rule["resources"] for rule in role["rules"]] == [["configmaps"]]
+    binding = only(jwks, "ClusterRoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": JWKS}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": JWKS, "namespace": NAMESPACE}]
+    # Nothing else in the chart binds the JWKS server's ServiceAccount.
+    for doc in docs:
+        if doc["kind"] in ("ClusterRoleBinding", "RoleBinding") and doc is not binding:
+            assert {"kind": "ServiceAccount", "name": JWKS, "namespace": NAMESPACE} not in doc["subjects"]
+    assert not of_kind(jwks, "Role") and not of_kind(jwks, "RoleBinding")
+
+
+def test_namespaced_jwks_server_gets_a_role_per_watched_namespace_and_namespace_flags(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path, {"watchNamespaces": ["payments", "orders"],
+                                       "rbac": {"publishNamespaces": ["checkout"]}})
+    jwks = jwks_docs(docs)
+
+    assert not of_kind(jwks, "ClusterRole") and not of_kind(jwks, "ClusterRoleBinding")
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): rules_by_resource(r) for r in of_kind(jwks, "Role")}
+    assert roles == {("payments", JWKS): JWKS_RULES, ("orders", JWKS): JWKS_RULES}, "the copies' namespaces: none"
+    bindings = {(b["metadata"]["namespace"], b["roleRef"]["kind"], b["roleRef"]["name"]): b["subjects"]
+                for b in of_kind(jwks, "RoleBinding")}
+    subjects = [{"kind": "ServiceAccount", "name": JWKS, "namespace": NAMESPACE}]
+    assert bindings == {("payments", "Role", JWKS): subjects, ("orders", "Role", JWKS): subjects}
+    args = jwks_container(docs)["args"]
+    assert args[args.index("--namespace"):] == ["--namespace", "payments", "--namespace", "orders"]
+
+
+def test_jwks_tls_mounts_the_secret_and_passes_the_files(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path, {"jwksServer": {"tls": {"secretName": "jwks-tls"}},
+                                       "serviceMonitor": {"enabled": True}})
+    jwks = jwks_docs(docs)
+
+    pod = only(jwks, "Deployment")["spec"]["template"]["spec"]
+    assert pod["volumes"] == [{"name": "tls", "secret": {
+        "secretName": "jwks-tls", "defaultMode": 0o440,
+        "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]}}]
+    container = jwks_container(docs)
+    assert container["volumeMounts"] == [{"name": "tls", "mountPath": "/etc/servicekey/jwks-tls", "readOnly": True}]
+    args = container["args"]
+    assert args[args.index("--tls-cert") + 1] == "/etc/servicekey/jwks-tls/tls.crt"
+    assert args[args.index("--tls-key") + 1] == "/etc/servicekey/jwks-tls/tls.key"
+    assert container["ports"] == [{"name": "https", "containerPort": 8080, "protocol": "TCP"}]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS", probe
+    assert only(jwks, "Service")["spec"]["ports"] == [
+        {"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"}]
+    endpoint = only(jwks, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert (endpoint["port"], endpoint["scheme"], endpoint["path"]) == ("https", "https", "/metrics")
+    assert endpoint["tlsConfig"] == {"serverName": f"{JWKS}.{NAMESPACE}.svc",
+                                     "ca": {"secret": {"name": "jwks-tls", "key": "ca.crt"}}}
+    # Only the kubelet reads the Secret: the JWKS server's RBAC stays list/watch on ConfigMaps.
+    assert rules_by_resource(only(jwks, "ClusterRole")) == JWKS_RULES
+
+
+def test_every_jwks_value_reaches_the_render(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path, FULL_VALUES)
+    jwks = jwks_docs(docs)
+    values = FULL_VALUES["jwksServer"]
+
+    deployment = only(jwks, "Deployment")
+    assert deployment["metadata"]["name"] == "keys-operator-jwks"
+    assert deployment["spec"]["replicas"] == 3
+    template = deployment["spec"]["template"]
+    assert template["metadata"]["annotations"] == values["podAnnotations"]
+    assert template["metadata"]["labels"]["example.test/tier"] == "edge"
+    assert template["metadata"]["labels"]["team"] == "platform", "commonLabels"
+    pod = template["spec"]
+    for key in ("priorityClassName", "nodeSelector", "tolerations", "affinity", "topologySpreadConstraints"):
+        assert pod[key] == values[key], key
+    assert pod["serviceAccountName"] == "sko-jwks"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    container = jwks_container(docs)
+    assert container["image"] == operator_container(docs)["image"]
+    assert container["imagePullPolicy"] == "Always"
+    assert container["args"] == [
+        "jwks-server", "--port", "8080", "--max-age", "30", "--log-format", "text",
+        "--base-url", "https://keys.example.test/jwks",
+        "--tls-cert", "/etc/servicekey/jwks-tls/tls.crt", "--tls-key", "/etc/servicekey/jwks-tls/tls.key",
+        "--namespace", "payments", "--namespace", "orders"]
+    assert container["resources"] == values["resources"]
+    service = only(jwks, "Service")
+    assert service["spec"]["type"] == "LoadBalancer"
+    assert service["spec"]["ports"][0]["port"] == 8443
+    assert service["metadata"]["annotations"] == values["service"]["annotations"]
+    assert only(jwks, "ServiceAccount")["metadata"]["annotations"] == values["serviceAccount"]["annotations"]
+    assert only(jwks, "PodDisruptionBudget")["spec"]["minAvailable"] == 2
+    monitor = only(jwks, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert (monitor["spec"]["endpoints"][0]["interval"], monitor["spec"]["endpoints"][0]["scrapeTimeout"]) == (
+        "1m", "20s")
+    policy = only(jwks, "NetworkPolicy")["spec"]
+    assert policy["ingress"] == [{"ports": [{"port": "https", "protocol": "TCP"}],
+                                  "from": values["networkPolicy"]["from"]}]
+
+
+def test_jwks_network_policy_admits_the_whole_cluster_and_never_opens_vault(helm_bin, tmp_path):
+    default = only(jwks_docs(render(helm_bin, tmp_path)), "NetworkPolicy")["spec"]
+    assert default["policyTypes"] == ["Ingress"]
+    assert default["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}], "from": [{"namespaceSelector": {}}]}]
+
+    open_to_all = only(jwks_docs(render(helm_bin, tmp_path, {"jwksServer": {"networkPolicy": {"from": []}}})),
+                       "NetworkPolicy")["spec"]
+    assert open_to_all["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]
+
+    restricted = only(jwks_docs(render(helm_bin, tmp_path, {"networkPolicy": {"egress": {"enabled": True}}})),
+                      "NetworkPolicy")["spec"]
+    assert restricted["policyTypes"] == ["Ingress", "Egress"]
+    egress_ports = {port["port"] for rule in restricted["egress"] for port in rule["ports"]}
+    assert egress_ports == {53, 443, 6443}, "DNS and the API server; the JWKS server never calls Vault"
+
+    assert not of_kind(render(helm_bin, tmp_path, {"networkPolicy": {"enabled": False}}), "NetworkPolicy")
+
+
+def test_jwks_metrics_are_scraped_through_their_own_service_monitor(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path, {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}})
+
+    monitor = only(jwks_docs(docs), "ServiceMonitor")
+    assert monitor["metadata"]["name"] == JWKS
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["selector"]["matchLabels"] == only(jwks_docs(docs), "Service")["spec"]["selector"]
+    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "scheme": "http",
+                                             "interval": "30s", "scrapeTimeout": "10s"}]
+    assert len(of_kind(docs, "ServiceMonitor")) == 2
+    assert not of_kind(jwks_docs(render(helm_bin, tmp_path)), "ServiceMonitor"), "off by default, as the operator's"
+
+
+def test_jwks_disruption_budget_needs_more_than_one_replica(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path, {"jwksServer": {"replicaCount": 1}})
+    assert not of_kind(jwks_docs(docs), "PodDisruptionBudget"), "one replica with minAvailable 1 blocks drains"
+    docs = render(helm_bin, tmp_path, {"jwksServer": {"podDisruptionBudget": {"enabled": False}}})
+    assert not of_kind(jwks_docs(docs), "PodDisruptionBudget")
+
+
+def test_jwks_server_may_not_share_the_operators_service_account(helm_bin, tmp_path):
+    for values in ({"jwksServer": {"serviceAccount": {"name": "servicekey-operator"}}},
+                   {"serviceAccount": {"create": False}, "jwksServer": {"serviceAccount": {"create": False}}}):
+        result = run_helm(helm_bin, "template", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE,
+                          *values_args(tmp_path, values))
+        assert result.returncode != 0, values
+        assert "jwksServer.serviceAccount.name must differ" in result.stderr, result.stderr
+
+
+def test_notes_give_the_jwks_url(helm_bin, tmp_path):
+    notes = render_notes(helm_bin, tmp_path)
+    assert f"http://{JWKS}.{NAMESPACE}.svc/keys/<namespace>/<name>/jwks.json" in notes, notes
+    assert "spec.publicKey.http: true" in notes and "JWKS server" in notes
+
+    (tmp_path / "tls").mkdir()
+    notes = render_notes(helm_bin, tmp_path / "tls", {"jwksServer": {"tls": {"secretName": "jwks-tls"},
+                                                                     "service": {"port": 8443}}})
+    assert f"https://{JWKS}.{NAMESPACE}.svc:8443/keys/<namespace>/<name>/jwks.json" in notes, notes
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import kubernetes.client
 import pytest
 import yaml
 
-from devcluster.chart import RELEASE, RELEASE_NAMESPACE, helm, install_operator_pod
+from devcluster.chart import OPERATOR_SELECTOR, RELEASE, RELEASE_NAMESPACE, helm, install_operator_pod
 from devcluster.environment import REPO_ROOT, DevEnvironment
 from devcluster.examples import ExamplePods, deploy_examples, manifests
 from devcluster.node import KubernetesNode, wait_for_deployment, wait_for_pod
@@ -103,7 +103,7 @@ def test_the_operator_pod_logs_in_with_the_projected_token_and_makes_keys(
         kid = servicekeys.wait_ready(name, timeout=60)["status"]["keyId"]
         assert servicekeys.vault_secret("secret", f"servicekeys/{namespace}/{name}")["kid"] == kid
     pod = json.loads(dev_env.kube.kubectl("get", "pods", "-n", RELEASE_NAMESPACE, "-l",
-                                          f"app.kubernetes.io/instance={RELEASE}", "-o", "json").stdout)["items"][0]
+                                          OPERATOR_SELECTOR, "-o", "json").stdout)["items"][0]
     container = pod["spec"]["containers"][0]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
@@ -196,7 +196,7 @@ def test_rotations_fail_no_token_with_the_default_publish_ahead(
         pair.notes["published_at"] = staged_at
         pair.pending = pair.published_kids()[1]
     # The operator pod dies and the container runtime restarts while the rotations wait out publishAhead.
-    dev_env.kube.kubectl("delete", "pods", "-n", RELEASE_NAMESPACE, "-l", f"app.kubernetes.io/instance={RELEASE}",
+    dev_env.kube.kubectl("delete", "pods", "-n", RELEASE_NAMESPACE, "-l", OPERATOR_SELECTOR,
                          "--force", "--grace-period=0")
     node.restart_containerd()
     wait_for_deployment(dev_env.kube, RELEASE_NAMESPACE, RELEASE)
@@ -251,7 +251,7 @@ def test_helm_upgrade_to_a_new_image_and_two_replicas_then_uninstall_leaves_noth
          "--set", "peering.enabled=true", "--wait", "--timeout", "180s")
     wait_for_deployment(dev_env.kube, RELEASE_NAMESPACE, RELEASE)
     pods = json.loads(dev_env.kube.kubectl("get", "pods", "-n", RELEASE_NAMESPACE, "-l",
-                                           f"app.kubernetes.io/instance={RELEASE}", "-o", "json").stdout)["items"]
+                                           OPERATOR_SELECTOR, "-o", "json").stdout)["items"]
     demo.create("after-upgrade", {"algorithm": "EdDSA"})
     demo.wait_ready("after-upgrade", timeout=60)
 

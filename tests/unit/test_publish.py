@@ -133,3 +133,18 @@ def test_only_a_copy_naming_this_servicekeys_namespace_name_and_uid_or_its_own_c
     assert not publish.is_ours(configmap("src", {}, [dict(owner, name="other")]), desired)
     assert not publish.is_ours(configmap("src", {}, [dict(owner, kind="Deployment", apiVersion="apps/v1")]), desired)
     assert not publish.is_ours(configmap("src", copy, [owner]), desired)
+
+
+def test_the_largest_configmap_rsa_4096_retaining_ten_keys_stays_far_below_the_object_limit():
+    pairs = [generate_keypair("PS512", 4096) for _ in range(12)]  # current, pending and ten retained
+    stored = [StoredKey(version=12 - index, kid=pair.kid, algorithm="PS512", key_size=4096,
+                        public_pem=pair.public_pem, service_name="s",
+                        created_at=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC), rotate_annotation=None)
+              for index, pair in enumerate(pairs)]
+    history = KeyHistory("ns/s", 12, stored[0], previous=tuple(stored[2:]), pending=stored[1])
+
+    data = publish.configmap_data(history, retain_previous=10)
+
+    assert len(data) == 4 + 12, "public.pem, jwks.json, jwks, kid and one PEM per key"
+    size = sum(len(name) + len(value.encode()) for name, value in data.items())
+    assert size < 128 * 1024, f"{size} bytes: Kubernetes refuses objects over 1 MiB"

@@ -122,6 +122,9 @@ Checks that the schema cannot express; rendering fails with a clear message.
 {{- if and .Values.rbac.publishNamespaces (not .Values.watchNamespaces) }}
 {{- fail "rbac.publishNamespaces applies only with watchNamespaces; without it the operator may already write ConfigMaps in every namespace" }}
 {{- end }}
+{{- if and .Values.jwksServer.enabled (eq (include "servicekey-operator.jwksServer.serviceAccountName" .) (include "servicekey-operator.serviceAccountName" .)) }}
+{{- fail "jwksServer.serviceAccount.name must differ from the operator's ServiceAccount: the JWKS server would run with the operator's rights" }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -185,4 +188,85 @@ its peers, and patches its own keep-alive into their status.
 - apiGroups: ["kopf.dev"]
   resources: [{{ $resource | quote }}]
   verbs: ["list", "watch", "patch"]
+{{- end }}
+
+
+{{/*
+The JWKS server (jwksServer.*): a Deployment of its own, with its own ServiceAccount and RBAC, that serves
+the public keys over HTTP. Its resources are named <fullname>-jwks, so that its Service answers at
+http://<fullname>-jwks.<namespace>.svc.
+*/}}
+{{- define "servicekey-operator.jwksServer.fullname" -}}
+{{- printf "%s-jwks" (include "servicekey-operator.fullname" .) }}
+{{- end }}
+
+{{/*
+Labels that select the JWKS server pods. They must not overlap the operator's selector (name + instance),
+whose Service, PodDisruptionBudget and NetworkPolicy would otherwise take the JWKS pods for operator pods:
+hence an app.kubernetes.io/name of its own. Never change them in an upgrade (the selector is immutable).
+*/}}
+{{- define "servicekey-operator.jwksServer.selectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-jwks" (include "servicekey-operator.name" . | trunc 58 | trimSuffix "-") }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Labels on every JWKS server resource.
+*/}}
+{{- define "servicekey-operator.jwksServer.labels" -}}
+helm.sh/chart: {{ include "servicekey-operator.chart" . }}
+{{ include "servicekey-operator.jwksServer.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: jwks-server
+app.kubernetes.io/part-of: servicekey-operator
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the ServiceAccount the JWKS server runs as (never the operator's).
+*/}}
+{{- define "servicekey-operator.jwksServer.serviceAccountName" -}}
+{{- if .Values.jwksServer.serviceAccount.create }}
+{{- default (include "servicekey-operator.jwksServer.fullname" .) .Values.jwksServer.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.jwksServer.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The JWKS server's port: its name (http, or https with jwksServer.tls), the container port, and the Service
+port (jwksServer.service.port, or 80 / 443 when that is 0).
+*/}}
+{{- define "servicekey-operator.jwksServer.portName" -}}
+{{- ternary "https" "http" (not (empty .Values.jwksServer.tls.secretName)) }}
+{{- end }}
+{{- define "servicekey-operator.jwksServer.containerPort" -}}8080{{- end }}
+{{- define "servicekey-operator.jwksServer.servicePort" -}}
+{{- if .Values.jwksServer.service.port }}
+{{- .Values.jwksServer.service.port }}
+{{- else }}
+{{- ternary 443 80 (not (empty .Values.jwksServer.tls.secretName)) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Where the JWKS server reads its TLS certificate and key (from the Secret jwksServer.tls.secretName).
+*/}}
+{{- define "servicekey-operator.paths.jwksTlsCert" -}}/etc/servicekey/jwks-tls/tls.crt{{- end }}
+{{- define "servicekey-operator.paths.jwksTlsKey" -}}/etc/servicekey/jwks-tls/tls.key{{- end }}
+
+{{/*
+RBAC rules of the JWKS server, cluster-wide or in each watched namespace: it lists and watches the source
+public-key ConfigMaps through a server-side label selector, and does nothing else. RBAC cannot narrow a list
+to a label; the rights are read-only, never get, and nothing on Secrets.
+*/}}
+{{- define "servicekey-operator.rules.jwksServer" -}}
+# The public-key ConfigMaps the operator publishes (list + watch with the selector
+# app.kubernetes.io/managed-by=servicekey-operator,servicekey.io/http=true,!servicekey.io/source-namespace).
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["list", "watch"]
 {{- end }}
