@@ -1,15 +1,27 @@
-"""The ``servicekey-operator`` command: run the operator, rotate a key, check the invariants, serve the keys by
-URL. (The local development cluster is not part of the operator: ``python3 -m devcluster`` in a checkout.)"""
+"""The ``servicekey-operator`` command: run the operator, rotate a key and show the state of keys, check the
+invariants, serve the keys by URL. Installed also as ``kubectl-servicekey``, so ``kubectl servicekey status``
+works. (The local development cluster is not part of the operator: ``python3 -m devcluster`` in a checkout.)"""
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
+import os
 import random
 import sys
 import time
+from typing import Any
 
 from servicekey_operator.config import ConfigError, OperatorConfig
+
+# How long ``rotate`` waits for the operator to answer a request, unless --timeout says otherwise; with --wait
+# also how long past the announced start of the staged key.
+DEFAULT_ROTATE_TIMEOUT = 60.0
+POLL_SECONDS = 0.5
+PLUGIN_PROGRAM = "kubectl-servicekey"
+DESCRIPTION = ("Run the ServiceKey operator, rotate keys and show their state (also as the kubectl plugin: kubectl "
+               "servicekey status), check the invariants, serve the public keys by URL.")
 
 
 def _config(command: str) -> OperatorConfig | None:
@@ -50,25 +62,228 @@ def _run(_: argparse.Namespace) -> int:
     return 0
 
 
+class _KubeError(Exception):
+    """The cluster could not be reached or refused what was asked; the message says what for the user."""
+
+
+def _kube(args: argparse.Namespace) -> tuple[Any, str]:
+    """A pykube client from ``--kubeconfig`` (else the in-cluster account, KUBECONFIG or ~/.kube/config) and
+    ``--context``, and the namespace to use: ``-n``, else the context's (``default`` when it names none)."""
+    import pykube
+    import yaml
+
+    try:
+        if args.kubeconfig:
+            config = pykube.KubeConfig.from_file(args.kubeconfig)
+        else:
+            first = next((p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p and os.path.exists(p)),
+                         None)
+            config = pykube.KubeConfig.from_file(first) if first else pykube.KubeConfig.from_env()
+        if args.context:
+            if args.context not in config.contexts:
+                raise _KubeError(f"context {args.context!r} not found in the kubeconfig")
+            config.set_current_context(args.context)
+        namespace = getattr(args, "namespace", None) or config.namespace
+        return pykube.HTTPClient(config), namespace
+    except (pykube.PyKubeError, OSError, KeyError, yaml.YAMLError) as bad:
+        raise _KubeError(f"cannot load the kubeconfig: {bad}") from bad
+
+
+def _kube_failure(error: Exception) -> str:
+    import pykube
+
+    if isinstance(error, pykube.exceptions.HTTPError):
+        return f"Error from server ({error.code}): {error}"
+    return f"{type(error).__name__}: {error}"
+
+
+def _not_found(name: str) -> str:
+    return f'Error from server (NotFound): servicekeys.servicekey.io "{name}" not found'
+
+
+def _api_errors() -> tuple[type[BaseException], ...]:
+    import pykube
+    import requests
+
+    return pykube.PyKubeError, requests.RequestException, OSError
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
 def _rotate(args: argparse.Namespace) -> int:
     import pykube
 
-    from servicekey_operator.rotation_request import ServiceKeyObject, request_rotation
+    from servicekey_operator.rotation_request import (
+        ServiceKeyObject,
+        request_rotation,
+        rotated_line,
+        rotation_outcome,
+    )
+    from servicekey_operator.spec import EMERGENCY_PREFIX, rotate_request_digest
+    from servicekey_operator.status_view import parse_time, pending_activation, ready_condition
 
-    api = pykube.HTTPClient(pykube.KubeConfig.from_env())
-    servicekey = ServiceKeyObject.objects(api, namespace=args.namespace).get(name=args.name)
-    old_kid = (servicekey.obj.get("status") or {}).get("keyId")
-    request_rotation(servicekey, datetime.datetime.now(datetime.UTC).isoformat())
-    deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline:
-        servicekey.reload()
-        status = servicekey.obj.get("status") or {}
-        if status.get("keyId") and status.get("keyId") != old_kid:
-            print(status["keyId"])
+    where = ""
+    try:
+        api, namespace = _kube(args)
+        where = f"ServiceKey {namespace}/{args.name}"
+        try:
+            servicekey = ServiceKeyObject.objects(api, namespace=namespace).get(name=args.name)
+        except pykube.ObjectDoesNotExist:
+            print(_not_found(args.name), file=sys.stderr)
+            return 2
+        before = dict(servicekey.obj.get("status") or {})
+        if before.get("pendingKeyId") and not args.emergency:
+            # The operator answers a request only once the staged key signs; the user would wait for nothing.
+            print(f"rotate: {where} already has a staged key, {before['pendingKeyId']}, which signs from "
+                  f"{pending_activation(before) or 'an unknown time'}: request another rotation once it signs, "
+                  f"or use --emergency to replace the signing key (and the staged one) now", file=sys.stderr)
+            return 1
+        request = (EMERGENCY_PREFIX if args.emergency else "") + _now().isoformat()
+        request_rotation(servicekey, request)
+        digest = rotate_request_digest(request)
+        started = time.monotonic()
+        answer_deadline = started + (args.timeout if args.timeout is not None else DEFAULT_ROTATE_TIMEOUT)
+        outcome = None
+        while outcome is None:
+            servicekey.reload()
+            status = servicekey.obj.get("status") or {}
+            outcome = rotation_outcome(before, status, digest)
+            if outcome is None:
+                if time.monotonic() >= answer_deadline:
+                    condition = ready_condition(servicekey.obj)
+                    print(f"rotate: timed out after {time.monotonic() - started:.0f}s: the operator has not "
+                          f"answered the rotate request on {where} (key {status.get('keyId') or '<none>'} "
+                          f"still signs; Ready={condition.get('status', 'Unknown')} "
+                          f"{condition.get('reason', '')}: {condition.get('message', '')})".rstrip(": "),
+                          file=sys.stderr)
+                    return 1
+                time.sleep(POLL_SECONDS)
+        print(outcome.describe(), flush=True)
+        if not (args.wait and outcome.staged):
             return 0
-        time.sleep(0.5)
-    print(f"timed out after {args.timeout}s waiting for a new key id (still {old_kid})", file=sys.stderr)
-    return 1
+        # Until the staged key signs: --timeout counts from the start; by default its announced start + a minute.
+        activation = parse_time(outcome.signs_from)
+        if args.timeout is not None:
+            deadline = started + args.timeout
+        else:
+            wait = (activation - _now()).total_seconds() if activation else 0.0
+            deadline = time.monotonic() + max(wait, 0.0) + DEFAULT_ROTATE_TIMEOUT
+        while True:
+            servicekey.reload()
+            status = servicekey.obj.get("status") or {}
+            if status.get("keyId") == outcome.new_kid:
+                print(rotated_line(outcome.old_kid, outcome.new_kid), flush=True)
+                return 0
+            if status.get("pendingKeyId") != outcome.new_kid:
+                print(f"rotate: the staged key {outcome.new_kid} was withdrawn before it signed (now key "
+                      f"{status.get('keyId') or '<none>'} signs, pending {status.get('pendingKeyId') or '<none>'}; "
+                      f"see: servicekey-operator status {args.name} -n {namespace})", file=sys.stderr)
+                return 1
+            if time.monotonic() >= deadline:
+                print(f"rotate: timed out after {time.monotonic() - started:.0f}s waiting for {outcome.new_kid} to "
+                      f"sign on {where} (staged, signs from {outcome.signs_from or 'an unknown time'}; key "
+                      f"{status.get('keyId')} still signs)", file=sys.stderr)
+                return 1
+            time.sleep(POLL_SECONDS)
+    except _KubeError as bad:
+        print(f"rotate: {bad}", file=sys.stderr)
+        return 2
+    except _api_errors() as failed:
+        print(f"rotate: {where or 'the cluster'}: {_kube_failure(failed)}", file=sys.stderr)
+        return 2
+
+
+def _read_detail(api: Any, namespace: str, obj: dict[str, Any]) -> tuple[Any, list[dict[str, Any]], str | None]:
+    """The ConfigMap's published kids and the key's Events; what cannot be read is said, not raised."""
+    import pykube
+
+    from servicekey_operator.status_view import published_kids
+
+    configmap_name = (obj.get("status") or {}).get("configMapName")
+    if not configmap_name:
+        published = published_kids(None, "the operator has not published it yet")
+    else:
+        try:
+            configmap = pykube.ConfigMap.objects(api, namespace=namespace).get_or_none(name=configmap_name)
+            published = published_kids(configmap.obj if configmap else None)
+        except _api_errors() as failed:
+            published = published_kids(None, f"cannot read ConfigMap {configmap_name}: {_kube_failure(failed)}")
+    uid = (obj.get("metadata") or {}).get("uid")
+    try:
+        events = [event.obj for event in pykube.Event.objects(api, namespace=namespace).filter(
+            field_selector=f"involvedObject.uid={uid}")]
+        return published, events, None
+    except _api_errors() as failed:
+        return published, [], f"cannot list Events: {_kube_failure(failed)}"
+
+
+def _status(args: argparse.Namespace) -> int:
+    import pykube
+
+    from servicekey_operator import status_view
+    from servicekey_operator.rotation_request import ServiceKeyObject
+
+    if args.name and args.all_namespaces:
+        print("status: a ServiceKey cannot be retrieved by name across all namespaces", file=sys.stderr)
+        return 2
+    if args.name and args.selector:
+        print("status: a name cannot be given together with a selector (-l)", file=sys.stderr)
+        return 2
+    try:
+        api, namespace = _kube(args)
+        query = ServiceKeyObject.objects(api, namespace=pykube.all if args.all_namespaces else namespace)
+        if args.name:
+            try:
+                objects = [query.get(name=args.name).obj]
+            except pykube.ObjectDoesNotExist:
+                print(_not_found(args.name), file=sys.stderr)
+                return 2
+        else:
+            if args.selector:
+                query = query.filter(selector=args.selector)
+            objects = sorted((sk.obj for sk in query),
+                             key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
+        now = _now()
+        if args.output in ("json", "yaml"):
+            print(status_view.render_document(status_view.as_document(objects, single=bool(args.name)),
+                                              args.output))
+        elif args.name and args.output is None:
+            published, events, events_problem = _read_detail(api, namespace, objects[0])
+            print(status_view.detail(objects[0], published, events, now, events_problem))
+        elif not objects:
+            where = "any namespace" if args.all_namespaces else f"{namespace} namespace"
+            print(f"No resources found in {where}.", file=sys.stderr)
+        else:
+            print(status_view.table(objects, now, wide=args.output == "wide", with_namespace=args.all_namespaces))
+    except _KubeError as bad:
+        print(f"status: {bad}", file=sys.stderr)
+        return 2
+    except _api_errors() as failed:
+        print(f"status: {_kube_failure(failed)}", file=sys.stderr)
+        return 2
+    return status_view.exit_code(objects)
+
+
+def _version(_: argparse.Namespace) -> int:
+    print(f"servicekey-operator {package_version()}")
+    return 0
+
+
+def package_version() -> str:
+    """The installed package's version (``unknown`` when run from a checkout that is not installed)."""
+    try:
+        return importlib.metadata.version("servicekey-operator")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _completion(args: argparse.Namespace) -> int:
+    from servicekey_operator.completion import SCRIPTS
+
+    sys.stdout.write(SCRIPTS[args.shell](parser()))
+    return 0
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -108,17 +323,71 @@ def _jwks_server(args: argparse.Namespace) -> int:
     return jwks_server.main(args)
 
 
+def _kube_options(namespaced: bool = True) -> argparse.ArgumentParser:
+    """The kubectl-like options of the commands that talk to the cluster."""
+    options = argparse.ArgumentParser(add_help=False)
+    if namespaced:
+        options.add_argument("-n", "--namespace",
+                             help="the ServiceKey's namespace (default: the kubeconfig context's namespace)")
+    options.add_argument("--kubeconfig", metavar="FILE",
+                         help="the kubeconfig to use (default: KUBECONFIG, ~/.kube/config, or in a pod its account)")
+    options.add_argument("--context", help="the kubeconfig context to use (default: its current context)")
+    return options
+
+
+def _program() -> str:
+    """``kubectl servicekey`` when run as the kubectl plugin, else the command's own name."""
+    invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "kubectl servicekey" if invoked == PLUGIN_PROGRAM else "servicekey-operator"
+
+
 def parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    root = argparse.ArgumentParser(prog="servicekey-operator", description=__doc__)
-    commands = root.add_subparsers(dest="command", required=True)
+    root = argparse.ArgumentParser(prog=_program(), description=DESCRIPTION)
+    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("run", help="run the operator (configured by environment variables)").set_defaults(
         func=_run)
-    rotate = commands.add_parser("rotate", help="rotate a ServiceKey now and print the new key id")
-    rotate.add_argument("name")
-    rotate.add_argument("-n", "--namespace", default="default")
-    rotate.add_argument("--timeout", type=float, default=60.0)
+    rotate = commands.add_parser(
+        "rotate", parents=[_kube_options()], help="rotate a ServiceKey now and say what the operator did",
+        description="Set the servicekey.io/rotate annotation to a new value and wait for the operator's answer: "
+                    "'rotated: <old kid> -> <new kid>' when the new key signs at once, or 'staged <kid>, signs "
+                    "from <time>' when rotation.publishAhead publishes it first. Exit 0 once answered, 1 on a "
+                    "timeout, 2 when the cluster cannot be read.")
+    rotate.add_argument("name", help="the ServiceKey")
+    rotate.add_argument("--emergency", action="store_true",
+                        help="the key is compromised: replace it at once, without publishAhead (verifiers reject "
+                             "tokens of the new key until they have it)")
+    rotate.add_argument("--wait", action="store_true",
+                        help="when the new key is staged, also wait until it signs and print 'rotated: ...'")
+    rotate.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help=f"give up after this long (default: {DEFAULT_ROTATE_TIMEOUT:.0f}s for the answer; with "
+                             f"--wait, {DEFAULT_ROTATE_TIMEOUT:.0f}s past the staged key's announced start)")
     rotate.set_defaults(func=_rotate)
+    status_help = ("Without NAME, a table of ServiceKeys; with NAME, a detailed view of one: its current, pending "
+                   "and retained keys (the ConfigMap's jwks.json), when the pending key signs, the next rotation, "
+                   "the Vault path and key version, copies in other namespaces and refusals, and its latest Events. "
+                   "Exit 1 when any key shown is not Ready, 2 when the cluster cannot be read, else 0.")
+    status = commands.add_parser("status", parents=[_kube_options()], help="show ServiceKeys and their keys",
+                                 description=status_help)
+    status.add_argument("name", nargs="?", help="one ServiceKey (a detailed view)")
+    status.add_argument("-A", "--all-namespaces", action="store_true", help="list ServiceKeys in all namespaces")
+    status.add_argument("-l", "--selector", help="label selector, e.g. app=payments,tier!=test")
+    status.add_argument("-o", "--output", choices=("wide", "json", "yaml"),
+                        help="wide: a table with more columns; json or yaml: the objects")
+    status.set_defaults(func=_status)
+    inspect = commands.add_parser("inspect", parents=[_kube_options()],
+                                  help="the detailed view of one ServiceKey (status NAME)", description=status_help)
+    inspect.add_argument("name", help="the ServiceKey")
+    inspect.add_argument("-o", "--output", choices=("wide", "json", "yaml"),
+                         help="wide: a table row; json or yaml: the object")
+    inspect.set_defaults(func=_status, all_namespaces=False, selector=None)
+    commands.add_parser("version", help="print the version of this command").set_defaults(func=_version)
+    completion = commands.add_parser(
+        "completion", help="print a shell completion script",
+        description="Print a completion script for bash or zsh, for servicekey-operator and kubectl-servicekey. "
+                    "Load it with: source <(servicekey-operator completion bash)")
+    completion.add_argument("shell", choices=("bash", "zsh"))
+    completion.set_defaults(func=_completion)
     check = commands.add_parser(
         "check", help="report every violation of the invariants in the cluster and Vault (exit 1 if any)",
         description="Inspect ServiceKeys, their ConfigMaps, Secrets, Events (and etcd) and Vault at rest; print one "

@@ -82,8 +82,13 @@ def next_rotation_time(desired: DesiredKey, history: KeyHistory) -> datetime.dat
 
 
 def next_pass_time(desired: DesiredKey, history: KeyHistory) -> datetime.datetime | None:
-    """When a pass must run next: staging starts ``publishAhead`` before the key is due."""
+    """When a pass must run next: staging starts ``publishAhead`` before the key is due; a rotate request that came
+    while a key was staged, and that the promoted key does not answer, is due at once."""
     due = next_rotation_time(desired, history)
+    current = history.current
+    if history.pending is None and current is not None and desired.rotate_request is not None \
+            and desired.rotate_request != rotate_request_digest(current.rotate_annotation):
+        return current.created_at
     if due is None or history.pending is not None:
         return due
     return due - datetime.timedelta(seconds=desired.rotation.publish_ahead_seconds)

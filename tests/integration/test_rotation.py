@@ -125,7 +125,24 @@ def test_the_rotate_command_prints_the_new_kid(operator: OperatorProcess, servic
                             env=dict(os.environ, KUBECONFIG=str(dev_env.kube.kubeconfig)), timeout=60)
 
     assert result.returncode == 0, result.stderr
-    new_kid = result.stdout.strip()
+    # publishAhead 0s (ServiceKeys.create): the new key signs at once
+    said_old, arrow, new_kid = result.stdout.strip().removeprefix("rotated: ").split(" ")
+    assert (said_old, arrow) == (old_kid, "->")
     assert new_kid != old_kid
     assert servicekeys.get("manual")["status"]["keyId"] == new_kid
     assert time.monotonic() - started < 30
+
+
+def test_a_request_made_while_a_key_is_staged_is_answered_once_that_key_signs(operator: OperatorProcess,
+                                                                              servicekeys: ServiceKeys):
+    servicekeys.create("busy", {"algorithm": "ES256", "rotation": {"publishAhead": "4s"}})
+    first = servicekeys.wait_ready("busy")["status"]["keyId"]
+    _rotate_by_annotation(servicekeys, "busy", "first")
+    staged = servicekeys.wait_condition("busy", "True", "Rotating")["status"]["pendingKeyId"]
+
+    _rotate_by_annotation(servicekeys, "busy", "second")  # while "first" waits out its publishAhead
+
+    assert servicekeys.wait_new_kid("busy", first, timeout=20)["status"]["keyId"] == staged
+    restaged = wait_for(lambda: (pending := servicekeys.get("busy")["status"].get("pendingKeyId"))
+                        not in (None, staged) and pending, 15, "the second request to be staged right away")
+    assert servicekeys.wait_new_kid("busy", staged, timeout=20)["status"]["keyId"] == restaged

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from servicekey_operator.config import OperatorConfig, VaultSettings
-from servicekey_operator.reconcile import KeyAction, decide_key, next_pass_time, next_rotation_time
+from servicekey_operator.reconcile import KeyAction, KeyDecision, decide_key, next_pass_time, next_rotation_time
 from servicekey_operator.spec import desired_key, rotate_request_digest
 from servicekey_operator.vault.records import KeyHistory, StoredKey
 
@@ -110,6 +110,17 @@ def test_the_next_pass_comes_publish_ahead_before_the_tick_and_at_a_pending_acti
 
     assert next_pass_time(desired, _history()) == T0 + 58 * MINUTE
     assert next_pass_time(desired, _history(pending=STAGED)) == T0 + 2 * MINUTE
+
+
+def test_a_request_made_while_a_key_was_staged_is_answered_right_after_its_promotion():
+    # Found through the CLI: the promoted key answers the first request only, and no pass was scheduled for the
+    # second one, which waited for an unrelated pass (a schedule tick, a restart).
+    desired = _desired(AHEAD, {"servicekey.io/rotate": "second"})
+    promoted = _history(annotation="a", created_at=T0 + 2 * MINUTE)
+
+    assert next_pass_time(desired, promoted) == T0 + 2 * MINUTE
+    assert decide_key(desired, promoted, frozenset({"kid-3"}), T0 + 2 * MINUTE) \
+        == KeyDecision(KeyAction.STAGE, "Requested")
 
 
 def test_by_default_a_requested_key_is_staged_for_three_minutes():
