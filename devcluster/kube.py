@@ -37,7 +37,9 @@ CONTROLLERS = ("garbage-collector-controller", "namespace-controller", "servicea
                "deployment-controller", "replicaset-controller", "job-controller", "disruption-controller",
                "endpointslice-controller", "node-lifecycle-controller", "taint-eviction-controller",
                "pod-garbage-collector-controller", "root-ca-certificate-publisher-controller",
-               "ttl-after-finished-controller")
+               "ttl-after-finished-controller",
+               # the chart's tenant ClusterRoles are aggregated into edit, view and admin
+               "clusterrole-aggregation-controller")
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
 KUBERNETES_SERVICE_IP = "10.96.0.1"
 

@@ -13,8 +13,10 @@ fi
 helm="$(python3 -c 'from devcluster.binaries import ensure_binaries; print(ensure_binaries().helm)')"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-"$helm" template servicekey-operator charts/servicekey-operator -n servicekey-system > "$out/default.yaml"
-"$helm" template servicekey-operator charts/servicekey-operator -n servicekey-system \
+# --kube-version: the chart requires >= 1.28, and a helm built from source assumes 1.20 without a cluster.
+"$helm" template servicekey-operator charts/servicekey-operator -n servicekey-system --kube-version v1.30.0 \
+  > "$out/default.yaml"
+"$helm" template servicekey-operator charts/servicekey-operator -n servicekey-system --kube-version v1.30.0 \
   --set networkPolicy.enabled=true --set replicaCount=2 --set peering.enabled=true \
   --set image.digest=sha256:0000000000000000000000000000000000000000000000000000000000000000 \
   > "$out/hardened.yaml"

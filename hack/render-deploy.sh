@@ -3,10 +3,12 @@
 #
 # The kustomize base is, by construction, exactly
 #   helm template servicekey-operator charts/servicekey-operator \
-#     --namespace servicekey-system --include-crds
-# split into one file per chart source (crds/ files get a "crd-" prefix), plus a kustomization.yaml
-# that lists them in Helm's install order. tests/e2e/test_chart_render.py fails when they drift.
-# Run it after any change to the chart, its values or its CRDs (hack/sync-chart-crds.sh first).
+#     --namespace servicekey-system --include-crds --kube-version v1.30.0
+# split into one file per chart source (the CRDs, from crds/ and templates/crds/, get a "crd-" prefix), plus a
+# kustomization.yaml that lists them in Helm's install order. tests/e2e/test_chart_render.py fails when they
+# drift. Run it after any change to the chart, its values or its CRDs (hack/sync-chart-crds.sh first).
+# The Kubernetes version is the lowest the default values support (admissionPolicy.enabled needs 1.30); it is
+# given because a helm built without Helm's own ldflags would assume v1.20, below the chart's kubeVersion.
 #
 # Helm is found as $HELM, else the cached build ~/.cache/servicekey-operator/bin/helm-v3.22.0/helm
 # (${SERVICEKEY_CACHE_DIR} overrides ~/.cache/servicekey-operator), else `helm` on PATH.
@@ -31,7 +33,7 @@ rendered="$(mktemp)"
 trap 'rm -f "${rendered}"' EXIT
 
 "${helm_bin}" template servicekey-operator "${repo_root}/charts/servicekey-operator" \
-  --namespace servicekey-system --include-crds >"${rendered}"
+  --namespace servicekey-system --include-crds --kube-version v1.30.0 >"${rendered}"
 
 mkdir -p "${base_dir}"
 find "${base_dir}" -maxdepth 1 -type f -name '*.yaml' -delete
@@ -52,6 +54,8 @@ for index, line in enumerate(lines):
     match = source_line.match(line)
     if match:
         kind, source = match.groups()
+        if kind == "templates" and source.startswith("crds/"):  # the CRDs that Helm upgrades (templates/crds/)
+            kind, source = "crds", source.removeprefix("crds/")
         name = ("crd-" if kind == "crds" else "") + source.replace("/", "-")
         current = chunks.setdefault(name, [])
         if current:
@@ -72,7 +76,7 @@ resources = "".join(f"  - {name}\n" for name in chunks)
 (base_dir / "kustomization.yaml").write_text(
     header
     + "# It equals `helm template servicekey-operator charts/servicekey-operator --namespace servicekey-system\n"
-    + "# --include-crds`. The namespace is not part of it: create it first, for example\n"
+    + "# --include-crds --kube-version v1.30.0`. The namespace is not part of it: create it first, for example\n"
     + "#   kubectl create namespace servicekey-system\n"
     + "#   kubectl label namespace servicekey-system pod-security.kubernetes.io/enforce=restricted\n"
     + "# and adapt the base with an overlay (vault.address is the chart's default).\n"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 AUTH_METHODS = ("token", "kubernetes", "approle")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_SA_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
@@ -50,6 +51,7 @@ class OperatorConfig:
     metrics_port: int = 8080
     health_port: int = 8081
     log_format: str = "text"
+    log_level: str = "info"
     peering: str | None = None
     peering_lifetime_seconds: int = 60
     resync_seconds: float = 600.0
@@ -98,6 +100,9 @@ class OperatorConfig:
         log_format = text("SERVICEKEY_LOG_FORMAT", "text") or "text"
         if log_format not in ("text", "json"):
             raise ConfigError(f"SERVICEKEY_LOG_FORMAT must be text or json, got {log_format!r}")
+        log_level = (text("SERVICEKEY_LOG_LEVEL", "info") or "info").lower()
+        if log_level not in LOG_LEVELS:
+            raise ConfigError(f"SERVICEKEY_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
         watch, publish = (tuple(ns.strip() for ns in (text(variable, "") or "").split(",") if ns.strip())
                           for variable in ("SERVICEKEY_WATCH_NAMESPACES", "SERVICEKEY_PUBLISH_NAMESPACES"))
         prefix = (text("SERVICEKEY_PATH_PREFIX", "servicekeys") or "servicekeys").strip("/")
@@ -117,6 +122,7 @@ class OperatorConfig:
             transit_mount=(text("SERVICEKEY_TRANSIT_MOUNT", "transit") or "transit").strip("/"),
             path_prefix=prefix, watch_namespaces=watch, publish_namespaces=publish,
             metrics_port=port("SERVICEKEY_METRICS_PORT", 8080), health_port=port("SERVICEKEY_HEALTH_PORT", 8081),
-            log_format=log_format, peering=text("SERVICEKEY_PEERING"), peering_lifetime_seconds=int(lifetime),
+            log_format=log_format, log_level=log_level, peering=text("SERVICEKEY_PEERING"),
+            peering_lifetime_seconds=int(lifetime),
             resync_seconds=resync_seconds,
         )

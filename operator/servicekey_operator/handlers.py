@@ -312,11 +312,21 @@ def _rsa_outside_the_pass_limit(keygen: KeyGenerator, passes_in_flight: asyncio.
     return generate
 
 
+def _apply_log_level(level: str) -> None:
+    """SERVICEKEY_LOG_LEVEL on the root logger, which kopf's handler writes from (kopf.configure set INFO). The
+    HTTP clients stay at INFO even with debug: at DEBUG they log every request, and the Kubernetes client whole
+    response bodies (every tenant's ConfigMaps). Events on ServiceKeys (settings.posting) do not depend on it."""
+    logging.getLogger().setLevel(level.upper())
+    for chatty in ("urllib3", "kubernetes", "hvac"):
+        logging.getLogger(chatty).setLevel(max(logging.INFO, logging.getLogger().level))
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger,
                     **_: Any) -> None:
     """Build the shared state once, and tune kopf for a key manager."""
     config: OperatorConfig = memo.config
+    _apply_log_level(config.log_level)
     # kopf's retry bookkeeping for the deletion handler in annotations (not status, where a user-written
     # status could disturb it) under a prefix of its own; no diff-base at all (see the module docstring).
     settings.persistence.finalizer = FINALIZER

@@ -10,13 +10,18 @@ from typing import Any
 
 import yaml
 
+from devcluster.binaries import KUBERNETES_VERSION
 from devcluster.chart import CHART_DIR, RELEASE
 from devcluster.chart import RELEASE_NAMESPACE as NAMESPACE
 from devcluster.environment import REPO_ROOT
 
 SOURCE_CRD = REPO_ROOT / "crds" / "servicekey.io_servicekeys.yaml"
-CHART_CRD = CHART_DIR / "crds" / "servicekey.io_servicekeys.yaml"
+# The chart's ServiceKey CRD: a template that hack/sync-chart-crds.sh writes from SOURCE_CRD.
+CHART_CRD_TEMPLATE = CHART_DIR / "templates" / "crds" / "servicekey.io_servicekeys.yaml"
 KUSTOMIZE_BASE = REPO_ROOT / "deploy" / "kustomize" / "base"
+# What `helm template` and `helm lint` render for, as `helm install` would for the test cluster: a helm built
+# without Helm's own ldflags assumes Kubernetes v1.20, below the chart's kubeVersion.
+KUBE_VERSION = KUBERNETES_VERSION
 
 
 # The operator's configuration contract: the only environment variables the chart may set on it.
@@ -26,8 +31,16 @@ CONTRACT_ENV = {
     "SERVICEKEY_VAULT_AUTH_MOUNT", "SERVICEKEY_VAULT_SA_TOKEN_FILE", "SERVICEKEY_VAULT_ROLE_ID_FILE",
     "SERVICEKEY_VAULT_SECRET_ID_FILE", "SERVICEKEY_KV_MOUNT", "SERVICEKEY_TRANSIT_MOUNT",
     "SERVICEKEY_PATH_PREFIX", "SERVICEKEY_WATCH_NAMESPACES", "SERVICEKEY_PUBLISH_NAMESPACES", "SERVICEKEY_METRICS_PORT",
-    "SERVICEKEY_HEALTH_PORT", "SERVICEKEY_LOG_FORMAT", "SERVICEKEY_PEERING", "SERVICEKEY_PEERING_LIFETIME", "POD_ID",
+    "SERVICEKEY_HEALTH_PORT", "SERVICEKEY_LOG_FORMAT", "SERVICEKEY_LOG_LEVEL", "SERVICEKEY_PEERING",
+    "SERVICEKEY_PEERING_LIFETIME", "POD_ID",
 }
+# The verbs of the ClusterRoles aggregated to the built-in roles (rbac.aggregateClusterRoles): (role suffix,
+# aggregated to) -> verbs on servicekeys, and nothing else.
+TENANT_ROLES = {
+    ("edit", frozenset({"admin", "edit"})): {"create", "update", "patch", "delete", "get", "list", "watch"},
+    ("view", frozenset({"admin", "edit", "view"})): {"get", "list", "watch"},
+}
+AGGREGATE_LABEL = "rbac.authorization.k8s.io/aggregate-to-"
 
 # What the operator may do in Kubernetes, and no more: (apiGroup, resource) -> verbs.
 SERVING_RULES = {
@@ -58,6 +71,8 @@ FULL_VALUES: dict[str, Any] = {
         "pullPolicy": "Always",
     },
     "imagePullSecrets": [{"name": "regcred"}],
+    "global": {"imagePullSecrets": ["mirror-cred", {"name": "regcred"}]},
+    "crds": {"enabled": True, "keep": False},
     "nameOverride": "sko",
     "fullnameOverride": "keys-operator",
     "commonLabels": {"team": "platform"},
@@ -81,13 +96,19 @@ FULL_VALUES: dict[str, Any] = {
     },
     "operator": {
         "logFormat": "text",
+        "logLevel": "debug",
         "metricsPort": 9090,
         "healthPort": 9091,
-        "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy.example.test:3128"}],
+        "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy.example.test:3128"},
+                     {"name": "REQUESTS_CA_BUNDLE", "value": "/etc/ssl/corporate/ca.crt"}],
+        "envFrom": [{"configMapRef": {"name": "proxy-settings"}}, {"secretRef": {"name": "proxy-auth"},
+                                                                    "prefix": "PROXY_"}],
+        "extraVolumes": [{"name": "corporate-ca", "configMap": {"name": "corporate-ca"}}],
+        "extraVolumeMounts": [{"name": "corporate-ca", "mountPath": "/etc/ssl/corporate", "readOnly": True}],
     },
     "peering": {"enabled": True, "name": "servicekeys", "lifetime": 15},
     "serviceAccount": {"create": True, "name": "sko-sa", "annotations": {"example.test/owner": "platform"}},
-    "rbac": {"create": True, "publishNamespaces": ["checkout", "orders"]},
+    "rbac": {"create": True, "aggregateClusterRoles": True, "publishNamespaces": ["checkout", "orders"]},
     "podAnnotations": {"example.test/scrape": "true"},
     "podLabels": {"example.test/tier": "control"},
     "podSecurityContext": {
@@ -158,10 +179,25 @@ FULL_VALUES: dict[str, Any] = {
 }
 
 
+# The Deployment's variables that only make sense inside its pod: the token file is mounted from a Secret
+# (a local operator process gets the environment's token instead), and the operator process picks free ports.
+POD_ONLY_ENV = {"VAULT_TOKEN_FILE", "SERVICEKEY_METRICS_PORT", "SERVICEKEY_HEALTH_PORT"}
+
+
+def release_operator_env(manifest: str) -> dict[str, str]:
+    """What the operator Deployment of a release's manifest (`helm get manifest`) sets, for a local operator
+    process: its plain variables, without the pod-only ones."""
+    deployment_env = env_of([doc for doc in yaml.safe_load_all(manifest) if doc])
+    return {name: value for name, value in deployment_env.items() if value is not None and name not in POD_ONLY_ENV}
+
+
 def run_helm(helm_bin: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """helm offline; `template` and `lint` render for KUBE_VERSION unless the arguments name another version."""
     # No kubeconfig: everything here is local, and helm must not reach for a cluster.
     env = dict(os.environ, KUBECONFIG=os.devnull, HELM_CACHE_HOME="/tmp/servicekey-helm-cache",
                HELM_CONFIG_HOME="/tmp/servicekey-helm-config", HELM_DATA_HOME="/tmp/servicekey-helm-data")
+    if args and args[0] in ("template", "lint") and not any(arg.startswith("--kube-version") for arg in args):
+        args = (*args, "--kube-version", KUBE_VERSION)
     return subprocess.run([str(helm_bin), *args], capture_output=True, text=True, env=env, timeout=120)
 
 
@@ -214,6 +250,18 @@ def operator_docs(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def jwks_docs(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [doc for doc in docs if is_jwks(doc)]
+
+
+def is_tenant_role(doc: dict[str, Any]) -> bool:
+    """Whether the doc is one of the ClusterRoles aggregated to the built-in edit/view roles (for tenants)."""
+    return doc["kind"] == "ClusterRole" and any(
+        key.startswith(AGGREGATE_LABEL) for key in (doc["metadata"].get("labels") or {}))
+
+
+def serving_docs(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The operator's own objects: neither the JWKS server's, nor the tenants' roles, nor the CRD."""
+    return [doc for doc in operator_docs(docs)
+            if not is_tenant_role(doc) and doc["kind"] != "CustomResourceDefinition"]
 
 
 def operator_container(docs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,10 +1,13 @@
 """The chart against the real apiserver: its manifests pass server-side dry-run, and in every RBAC mode of the
 chart (cluster-wide, namespaced with publish namespaces, each with and without peering) an operator running with
-the chart's ServiceAccount identity (not admin) and its Deployment's environment handles the whole ServiceKey
-lifecycle and cannot read Secrets."""
+the chart's ServiceAccount identity (not admin) and its Deployment's environment (its log level too) handles the
+whole ServiceKey lifecycle and cannot read Secrets. Every install takes over the ServiceKey CRD that the session
+installed (the chart's CRD is a template) and leaves it on uninstall (crds.keep). Tenants bound to the built-in
+edit and view roles in a namespace may manage, or only read, its ServiceKeys (issue #17, item 4)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +18,16 @@ import yaml
 from devcluster.chart import helm, install_chart, service_account_kubeconfig, uninstall_chart
 from devcluster.environment import DevEnvironment
 from devcluster.operator_process import OperatorProcess
-from tests.e2e.chart import CHART_DIR, FULL_VALUES, NAMESPACE, RELEASE, env_of, merged, values_args
+from tests.e2e.chart import (
+    CHART_DIR,
+    FULL_VALUES,
+    KUBE_VERSION,
+    NAMESPACE,
+    RELEASE,
+    merged,
+    release_operator_env,
+    values_args,
+)
 from tests.support import MakeNamespace, ServiceKeys, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -51,7 +63,7 @@ def test_rendered_chart_passes_server_side_dry_run(dev_env: DevEnvironment, char
                                                    tmp_path: Path, values: dict | None):
     """Every namespace the values name must exist, as it would in a real cluster."""
     rendered = helm(dev_env, "template", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE,
-                     *values_args(tmp_path, values)).stdout
+                    "--kube-version", KUBE_VERSION, *values_args(tmp_path, values)).stdout
     values = values or {}
     for needed in [*values.get("watchNamespaces", []), *values.get("rbac", {}).get("publishNamespaces", [])]:
         dev_env.kube.kubectl("create", "namespace", needed, check=False)
@@ -71,19 +83,18 @@ class ChartMode:
     name: str
     namespaced: bool = False
     peering: bool = False
+    log_level: str = "info"
 
     def set_values(self, watched: str, publish_to: str) -> list[str]:
         values = [f"watchNamespaces={{{watched}}}", f"rbac.publishNamespaces={{{publish_to}}}"] \
             if self.namespaced else []
+        values.append(f"operator.logLevel={self.log_level}")
         return [*values, "peering.enabled=true"] if self.peering else values
 
 
 MODES = [ChartMode("cluster-wide"), ChartMode("namespaced", namespaced=True),
          ChartMode("cluster-wide-peering", peering=True),
-         ChartMode("namespaced-peering", namespaced=True, peering=True)]
-# The Deployment's variables that only make sense inside its pod: the token file is mounted from a Secret
-# (the local process gets the environment's token instead), and the operator process picks free ports.
-POD_ONLY_ENV = {"VAULT_TOKEN_FILE", "SERVICEKEY_METRICS_PORT", "SERVICEKEY_HEALTH_PORT"}
+         ChartMode("namespaced-peering", namespaced=True, peering=True, log_level="debug")]
 
 
 @dataclass(frozen=True)
@@ -107,9 +118,7 @@ def release(request: pytest.FixtureRequest, dev_env: DevEnvironment, chart_prere
     service_account = install_chart(dev_env, *mode.set_values(namespace, publish_to))
     try:
         manifest = helm(dev_env, "get", "manifest", RELEASE, "--namespace", NAMESPACE).stdout
-        deployment_env = env_of([doc for doc in yaml.safe_load_all(manifest) if doc])
-        operator_env = {name: value for name, value in deployment_env.items()
-                        if value is not None and name not in POD_ONLY_ENV}
+        operator_env = release_operator_env(manifest)
         kubeconfig = service_account_kubeconfig(dev_env, service_account, tmp_path / "chart-identity.kubeconfig")
         yield Release(mode, kubeconfig, operator_env, publish_to)
     finally:
@@ -164,6 +173,108 @@ def test_an_operator_with_the_chart_identity_runs_the_whole_lifecycle(
         raise
     refused = refusals(operator)
     assert not refused, f"the chart's RBAC must cover everything the operator does; refused:\n{refused[0]}"
+    severities = {record.get("severity") for record in log_records(operator)}
+    assert ("debug" in severities) == (release.mode.log_level == "debug"), (
+        f"operator.logLevel={release.mode.log_level}, logged {sorted(map(str, severities))}")
+
+
+@pytest.fixture
+def default_release(dev_env: DevEnvironment, chart_prerequisites: None) -> Iterator[None]:
+    """The chart installed with its defaults (as the local environment needs them), uninstalled after."""
+    install_chart(dev_env)
+    try:
+        yield
+    finally:
+        uninstall_chart(dev_env)
+
+
+def crd_metadata(dev_env: DevEnvironment) -> dict | None:
+    result = dev_env.kube.kubectl("get", "crd", "servicekeys.servicekey.io", "-o", "json", check=False)
+    return json.loads(result.stdout)["metadata"] if result.returncode == 0 else None
+
+
+def test_the_release_owns_the_crd_and_helm_uninstall_leaves_it_and_the_servicekeys(
+        dev_env: DevEnvironment, chart_prerequisites: None, servicekeys: ServiceKeys):
+    """The chart's CRD template takes over the CRD the session installed (as a user's upgrade from a chart with
+    crds/ does), and the keep annotation has `helm uninstall` leave it, and with it every ServiceKey."""
+    install_chart(dev_env)
+    try:
+        metadata = crd_metadata(dev_env)
+        assert metadata is not None
+        assert metadata["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+        assert metadata["labels"]["app.kubernetes.io/instance"] == RELEASE
+        assert metadata["annotations"]["meta.helm.sh/release-name"] == RELEASE
+        assert metadata["annotations"]["meta.helm.sh/release-namespace"] == NAMESPACE
+        assert metadata["annotations"]["helm.sh/resource-policy"] == "keep"
+        manifest = helm(dev_env, "get", "manifest", RELEASE, "--namespace", NAMESPACE).stdout
+        assert "kind: CustomResourceDefinition" in manifest
+        servicekeys.create("outlives", {"algorithm": "ES256"})
+    finally:
+        uninstall_chart(dev_env)
+
+    assert crd_metadata(dev_env) is not None, "helm uninstall deleted the CRD, and every ServiceKey with it"
+    assert servicekeys.get("outlives") is not None
+    servicekeys.delete("outlives")  # no operator: its finalizer never came
+
+
+EDIT_VERBS = ("create", "update", "patch", "delete", "get", "list", "watch")
+VIEW_VERBS = ("get", "list", "watch")
+
+
+def test_namespace_editors_manage_servicekeys_and_viewers_read_them(
+        dev_env: DevEnvironment, default_release: None, namespace: str,
+        make_namespace: MakeNamespace):
+    """Issue #17, item 4: the chart's ClusterRoles are aggregated to the built-in edit and view, so that a
+    ServiceAccount bound to edit (or view) in a namespace by a RoleBinding gets the rights there, and only there;
+    never on the status or the finalizers."""
+    kubectl = dev_env.kube.kubectl
+    for account, role in (("tenant-editor", "edit"), ("tenant-viewer", "view")):
+        kubectl("create", "serviceaccount", account, "-n", namespace)
+        kubectl("create", "rolebinding", account, f"--clusterrole={role}", f"--serviceaccount={namespace}:{account}",
+                "-n", namespace)
+
+    def can(account: str, verb: str, *flags: str, where: str = namespace) -> bool:
+        answer = kubectl("auth", "can-i", verb, "servicekeys.servicekey.io", "-n", where,
+                         f"--as=system:serviceaccount:{namespace}:{account}", *flags, check=False)
+        return answer.stdout.strip() == "yes"
+
+    # The controller manager's clusterrole-aggregation controller folds the chart's rules into edit and view.
+    wait_for(lambda: can("tenant-editor", "create") and can("tenant-viewer", "list"), 30,
+             "the chart's ClusterRoles to be aggregated to edit and view")
+    assert {verb: can("tenant-editor", verb) for verb in EDIT_VERBS} == dict.fromkeys(EDIT_VERBS, True)
+    assert {verb: can("tenant-viewer", verb) for verb in EDIT_VERBS} == {
+        verb: verb in VIEW_VERBS for verb in EDIT_VERBS}
+    for account in ("tenant-editor", "tenant-viewer"):
+        for subresource in ("status", "finalizers"):
+            for verb in ("update", "patch"):
+                assert not can(account, verb, f"--subresource={subresource}"), (account, verb, subresource)
+    elsewhere = make_namespace()
+    assert not can("tenant-editor", "create", where=elsewhere), "a RoleBinding grants its namespace only"
+    assert not can("tenant-viewer", "list", where=elsewhere)
+
+    # And for real, through the API server's authorization of each identity.
+    editor, viewer = (f"--as=system:serviceaccount:{namespace}:{account}"
+                      for account in ("tenant-editor", "tenant-viewer"))
+    key = {"apiVersion": "servicekey.io/v1alpha1", "kind": "ServiceKey",
+           "metadata": {"name": "tenant-made", "namespace": namespace}, "spec": {"algorithm": "ES256"}}
+    kubectl("create", "-f", "-", editor, input_text=yaml.safe_dump(key))
+    assert "tenant-made" in kubectl("get", "sk", "-n", namespace, "-o", "name", viewer).stdout
+    refused = kubectl("delete", "sk", "tenant-made", "-n", namespace, viewer, check=False)
+    assert refused.returncode != 0 and "forbidden" in refused.stderr.lower(), refused.stderr
+    kubectl("annotate", "sk", "tenant-made", "-n", namespace, "servicekey.io/rotate=tenant", editor)
+    kubectl("delete", "sk", "tenant-made", "-n", namespace, "--wait=false", editor)
+
+
+def log_records(operator: OperatorProcess) -> list[dict]:
+    """The operator's JSON log records (the chart sets SERVICEKEY_LOG_FORMAT=json)."""
+    records = []
+    for line in operator.log_text().splitlines():
+        if line.startswith("{"):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
 
 
 def refusals(operator: OperatorProcess) -> list[str]:

@@ -54,6 +54,33 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/*
+Labels of a CRD (templates/crds/, written by hack/sync-chart-crds.sh): the labels of the repository's CRD, with
+the chart's added where the CRD has none of its own. Called with (dict "context" $ "labels" <the CRD's labels>).
+*/}}
+{{- define "servicekey-operator.crdLabels" -}}
+{{- $chart := include "servicekey-operator.labels" .context | fromYaml }}
+{{- toYaml (merge (deepCopy .labels) $chart) }}
+{{- end }}
+
+{{/*
+The pull secrets of both pods: global.imagePullSecrets (as umbrella charts set it, names or {name: ...}) and
+imagePullSecrets, each name once. Rendered as a YAML list of {name: ...}, empty for none.
+*/}}
+{{- define "servicekey-operator.imagePullSecrets" -}}
+{{- $names := list }}
+{{- range concat ((.Values.global).imagePullSecrets | default list) (.Values.imagePullSecrets | default list) }}
+{{- if kindIs "string" . }}
+{{- $names = append $names . }}
+{{- else }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- end }}
+{{- range $names | uniq }}
+- name: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/*
 Name of the ServiceAccount the operator runs as.
 */}}
 {{- define "servicekey-operator.serviceAccountName" -}}
@@ -113,6 +140,9 @@ Where the operator reads its Vault credentials and CA bundle inside the containe
 Checks that the schema cannot express; rendering fails with a clear message.
 */}}
 {{- define "servicekey-operator.validate" -}}
+{{- if and .Values.admissionPolicy.enabled (semverCompare "<1.30.0-0" .Capabilities.KubeVersion.Version) }}
+{{- fail (printf "admissionPolicy.enabled needs Kubernetes 1.30+ (ValidatingAdmissionPolicy, admissionregistration.k8s.io/v1); this cluster is %s: set admissionPolicy.enabled=false" .Capabilities.KubeVersion.Version) }}
+{{- end }}
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.peering.enabled) }}
 {{- fail "replicaCount > 1 needs peering.enabled=true: without kopf peering every replica would act on every ServiceKey" }}
 {{- end }}
@@ -269,4 +299,86 @@ to a label; the rights are read-only, never get, and nothing on Secrets.
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["list", "watch"]
+{{- end }}
+
+{{/*
+The operator's environment as the chart sets it (its configuration contract); operator.extraEnv comes after it
+and may not repeat a name.
+*/}}
+{{- define "servicekey-operator.operatorEnv" -}}
+{{- $auth := .Values.vault.auth }}
+{{- $projectedToken := and (eq $auth.method "kubernetes") $auth.kubernetes.tokenAudience }}
+- name: VAULT_ADDR
+  value: {{ .Values.vault.address | quote }}
+{{- with .Values.vault.namespace }}
+- name: VAULT_NAMESPACE
+  value: {{ . | quote }}
+{{- end }}
+{{- if .Values.vault.caBundle.source }}
+- name: VAULT_CACERT
+  value: {{ include "servicekey-operator.paths.caBundle" . | quote }}
+{{- end }}
+{{- if .Values.vault.clientCertificate.secretName }}
+- name: VAULT_CLIENT_CERT
+  value: {{ include "servicekey-operator.paths.clientCert" . | quote }}
+- name: VAULT_CLIENT_KEY
+  value: {{ include "servicekey-operator.paths.clientKey" . | quote }}
+{{- end }}
+{{- with .Values.vault.tlsServerName }}
+- name: VAULT_TLS_SERVER_NAME
+  value: {{ . | quote }}
+{{- end }}
+- name: SERVICEKEY_VAULT_AUTH_METHOD
+  value: {{ $auth.method | quote }}
+{{- with $auth.mount }}
+- name: SERVICEKEY_VAULT_AUTH_MOUNT
+  value: {{ . | quote }}
+{{- end }}
+{{- if eq $auth.method "kubernetes" }}
+- name: SERVICEKEY_VAULT_ROLE
+  value: {{ $auth.kubernetes.role | quote }}
+- name: SERVICEKEY_VAULT_SA_TOKEN_FILE
+  {{- if $projectedToken }}
+  value: {{ printf "%s/token" (include "servicekey-operator.paths.saTokenDir" .) | quote }}
+  {{- else }}
+  value: {{ include "servicekey-operator.paths.defaultSaToken" . | quote }}
+  {{- end }}
+{{- else if eq $auth.method "approle" }}
+- name: SERVICEKEY_VAULT_ROLE_ID_FILE
+  value: {{ include "servicekey-operator.paths.approleRoleId" . | quote }}
+- name: SERVICEKEY_VAULT_SECRET_ID_FILE
+  value: {{ include "servicekey-operator.paths.approleSecretId" . | quote }}
+{{- else if eq $auth.method "token" }}
+- name: VAULT_TOKEN_FILE
+  value: {{ include "servicekey-operator.paths.vaultToken" . | quote }}
+{{- end }}
+- name: SERVICEKEY_KV_MOUNT
+  value: {{ .Values.vault.kvMount | quote }}
+- name: SERVICEKEY_TRANSIT_MOUNT
+  value: {{ .Values.vault.transitMount | quote }}
+- name: SERVICEKEY_PATH_PREFIX
+  value: {{ .Values.vault.pathPrefix | quote }}
+- name: SERVICEKEY_WATCH_NAMESPACES
+  value: {{ join "," .Values.watchNamespaces | quote }}
+{{- if .Values.watchNamespaces }}
+- name: SERVICEKEY_PUBLISH_NAMESPACES
+  value: {{ join "," .Values.rbac.publishNamespaces | quote }}
+{{- end }}
+- name: SERVICEKEY_METRICS_PORT
+  value: {{ .Values.operator.metricsPort | quote }}
+- name: SERVICEKEY_HEALTH_PORT
+  value: {{ .Values.operator.healthPort | quote }}
+- name: SERVICEKEY_LOG_FORMAT
+  value: {{ .Values.operator.logFormat | quote }}
+- name: SERVICEKEY_LOG_LEVEL
+  value: {{ .Values.operator.logLevel | quote }}
+- name: SERVICEKEY_PEERING
+  value: {{ ternary .Values.peering.name "" .Values.peering.enabled | quote }}
+- name: SERVICEKEY_PEERING_LIFETIME
+  value: {{ .Values.peering.lifetime | quote }}
+# kopf's peering identity: a restarted container replaces its own stale keep-alive at once.
+- name: POD_ID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
 {{- end }}
