@@ -31,6 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -180,8 +181,10 @@ async def serve(args: argparse.Namespace, logger: logging.Logger) -> None:
     watch.start()
     context = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     app = JwksApp(cache, max_age=args.max_age, base_url=args.base_url)
-    runner = web.AppRunner(app.application(), access_log=None,
-                           handler_args={"max_line_size": MAX_HEADER_BYTES, "max_field_size": MAX_HEADER_BYTES})
+    # The request handler's settings are keywords of the runner (``handler_args`` would belong to the Application;
+    # given here, aiohttp drops them all, access_log=None included, and logs every request).
+    runner = web.AppRunner(app.application(), access_log=None, max_line_size=MAX_HEADER_BYTES,
+                           max_field_size=MAX_HEADER_BYTES)
     await runner.setup()
     await web.TCPSite(runner, port=args.port, ssl_context=context).start()
     logger.info(f"serving keys on port {args.port} ({'https' if context else 'http'}), max-age {args.max_age}s")
@@ -196,6 +199,19 @@ async def serve(args: argparse.Namespace, logger: logging.Logger) -> None:
         reloading.cancel()
     watch.stop()
     await runner.cleanup()
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp logs each request it cannot parse (oversized headers, garbage) as an error with a traceback: from
+    anyone on the network, that is noise and a way to flood the log. One line at INFO says enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        refused = record.exc_info[1] if record.exc_info else None
+        if isinstance(refused, HttpProcessingError):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = f"refused a malformed request: {refused.code} {refused.message}", ()
+            record.exc_info = record.exc_text = None
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -231,5 +247,6 @@ def main(args: argparse.Namespace) -> int:
     handler.setFormatter(JsonFormatter() if args.log_format == "json"
                          else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequests())
     asyncio.run(serve(args, logging.getLogger("servicekey_operator.jwks_server")))
     return 0

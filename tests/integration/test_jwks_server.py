@@ -103,6 +103,9 @@ def test_copies_in_other_namespaces_are_not_served_and_the_server_outlives_the_o
     wait_for(lambda: fetch(source)[0] == 200, 10, "the source to be served")
 
     assert fetch(f"{jwks_server.url}/keys/{target}/shared/jwks.json")[0] == 404, "a copy is not a second key"
+    assert fetch(source, {"X-Padding": "x" * 20000})[0] in (400, 431), "oversized headers are refused"
+    assert "aiohttp.access" not in jwks_server.log_text(), "no log line per request"
+    assert "custom kwargs" not in jwks_server.log_text()
     operator.stop()
     assert fetch(source)[0] == 200, "serving does not depend on the operator"
     assert "Traceback" not in jwks_server.log_text()
