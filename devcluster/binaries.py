@@ -1,4 +1,4 @@
-"""Build and cache the real Kubernetes, etcd and Helm binaries from the Go module proxy.
+"""Build and cache the real Kubernetes, etcd and Helm binaries (and promtool) from the Go module proxy.
 
 There is no container runtime and no binary download on the machines this project runs on, only
 the Go module proxy and PyPI. So the test cluster is compiled from source once, keyed by version,
@@ -22,6 +22,9 @@ KUBERNETES_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.16"
 HELM_VERSION = "v3.22.0"
 CONTAINERD_VERSION = "v2.3.7"
+# promtool checks and unit-tests the chart's alerting rules. Prometheus tags its Go module v0.3MM.P for release
+# 3.MM.P (v0.316.0 is Prometheus 3.16.0).
+PROMETHEUS_VERSION = "v0.316.0"
 
 KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kubectl")
 NODE_COMMANDS = ("kubelet", "kube-scheduler", "kube-proxy")
@@ -195,6 +198,26 @@ def _build_helm(target: Path) -> None:
     staging.rename(target)
 
 
+def prometheus_release(module_version: str) -> str:
+    """Prometheus' own version for its Go module's tag: v0.316.0 -> 3.16.0 (what `promtool --version` says)."""
+    minor, patch = module_version.removeprefix("v0.").split(".")
+    return f"{int(minor) // 100}.{int(minor) % 100}.{patch}"
+
+
+def _build_promtool(target: Path) -> None:
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    # remove_all_sd leaves out the service-discovery plugins and the cloud SDKs and client-go they bring: checking
+    # and unit-testing rules needs none of them. The module has no replace directives, so `go install` builds it
+    # with exactly the dependencies Prometheus released it with.
+    _run_go(["install", "-trimpath", "-tags", "remove_all_sd", "-ldflags",
+             f"-s -w -X github.com/prometheus/common/version.Version={prometheus_release(PROMETHEUS_VERSION)}",
+             f"github.com/prometheus/prometheus/cmd/promtool@{PROMETHEUS_VERSION}"], cache_dir(),
+            f"promtool {PROMETHEUS_VERSION}", extra_env={"GOBIN": str(staging)})
+    staging.rename(target)
+
+
 def _cached(name: str, build: Callable[[Path], None]) -> Path:
     target = cache_dir() / "bin" / name
     if not target.is_dir():
@@ -232,6 +255,11 @@ def ensure_node_binaries() -> NodeBinaries:
                         kube_proxy=node / "kube-proxy", containerd=containerd / "containerd",
                         ctr=containerd / "ctr", containerd_shim=containerd / "containerd-shim-runc-v2",
                         runc=Path(shutil.which("runc") or "/usr/sbin/runc"), cni_plugins=CNI_PLUGINS_DIR)
+
+
+def ensure_promtool() -> Path:
+    """Return promtool (for the chart's alerting rules), building it if the cache lacks it."""
+    return _cached(f"promtool-{PROMETHEUS_VERSION}", _build_promtool) / "promtool"
 
 
 def ensure_binaries() -> Binaries:

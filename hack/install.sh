@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Install everything a fresh machine lacks: Debian packages, this project with its test extras, and the
 # Go-built cluster binaries (kube-apiserver, kube-controller-manager, kubectl, etcd, helm; the node's kubelet,
-# kube-scheduler, kube-proxy and containerd), which are compiled once from the Go module proxy and cached
-# outside the repo (~/.cache/servicekey-operator), and the pinned `jose` npm package the JWKS verifier tests run
-# under Node (cached there too, in npm/).
+# kube-scheduler, kube-proxy and containerd; promtool, which tests the chart's alerting rules), which are compiled
+# once from the Go module proxy and cached outside the repo (~/.cache/servicekey-operator), and the pinned `jose`
+# npm package the JWKS verifier tests run under Node (cached there too, in npm/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,5 +31,5 @@ python3 -m pip install --disable-pip-version-check --root-user-action=ignore -q 
 echo "==> npm install jose (pinned in devcluster/npm.py) into the cache, outside the repo"
 python3 -c 'from devcluster.npm import install_jose; print(install_jose())'
 
-echo "==> building/caching the cluster binaries (first run: about 10 minutes on 2 cores)"
+echo "==> building/caching the cluster binaries and promtool (first run: about 10 minutes on 2 cores)"
 python3 -m devcluster build

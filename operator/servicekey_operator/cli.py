@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
+import functools
 import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from servicekey_operator.config import ConfigError, OperatorConfig
+from servicekey_operator.version import package_version
 
 # How long ``rotate`` waits for the operator to answer a request, unless --timeout says otherwise; with --wait
 # also how long past the announced start of the staged key.
@@ -112,6 +114,27 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+Command = Callable[[argparse.Namespace], int]
+
+
+def _cluster_command(name: str) -> Callable[[Command], Command]:
+    """A command that talks to the cluster: a kubeconfig it cannot load, or an API server that cannot be reached
+    or refuses, ends it with a one-line error and exit code 2."""
+    def wrap(command: Command) -> Command:
+        @functools.wraps(command)
+        def run(args: argparse.Namespace) -> int:
+            try:
+                return command(args)
+            except _KubeError as bad:
+                print(f"{name}: {bad}", file=sys.stderr)
+            except _api_errors() as failed:
+                print(f"{name}: {_kube_failure(failed)}", file=sys.stderr)
+            return 2
+        return run
+    return wrap
+
+
+@_cluster_command("rotate")
 def _rotate(args: argparse.Namespace) -> int:
     import pykube
 
@@ -124,75 +147,67 @@ def _rotate(args: argparse.Namespace) -> int:
     from servicekey_operator.spec import EMERGENCY_PREFIX, rotate_request_digest
     from servicekey_operator.status_view import parse_time, pending_activation, ready_condition
 
-    where = ""
+    api, namespace = _kube(args)
+    where = f"ServiceKey {namespace}/{args.name}"
     try:
-        api, namespace = _kube(args)
-        where = f"ServiceKey {namespace}/{args.name}"
-        try:
-            servicekey = ServiceKeyObject.objects(api, namespace=namespace).get(name=args.name)
-        except pykube.ObjectDoesNotExist:
-            print(_not_found(args.name), file=sys.stderr)
-            return 2
-        before = dict(servicekey.obj.get("status") or {})
-        if before.get("pendingKeyId") and not args.emergency:
-            # The operator answers a request only once the staged key signs; the user would wait for nothing.
-            print(f"rotate: {where} already has a staged key, {before['pendingKeyId']}, which signs from "
-                  f"{pending_activation(before) or 'an unknown time'}: request another rotation once it signs, "
-                  f"or use --emergency to replace the signing key (and the staged one) now", file=sys.stderr)
-            return 1
-        request = (EMERGENCY_PREFIX if args.emergency else "") + _now().isoformat()
-        request_rotation(servicekey, request)
-        digest = rotate_request_digest(request)
-        started = time.monotonic()
-        answer_deadline = started + (args.timeout if args.timeout is not None else DEFAULT_ROTATE_TIMEOUT)
-        outcome = None
-        while outcome is None:
-            servicekey.reload()
-            status = servicekey.obj.get("status") or {}
-            outcome = rotation_outcome(before, status, digest)
-            if outcome is None:
-                if time.monotonic() >= answer_deadline:
-                    condition = ready_condition(servicekey.obj)
-                    print(f"rotate: timed out after {time.monotonic() - started:.0f}s: the operator has not "
-                          f"answered the rotate request on {where} (key {status.get('keyId') or '<none>'} "
-                          f"still signs; Ready={condition.get('status', 'Unknown')} "
-                          f"{condition.get('reason', '')}: {condition.get('message', '')})".rstrip(": "),
-                          file=sys.stderr)
-                    return 1
-                time.sleep(POLL_SECONDS)
-        print(outcome.describe(), flush=True)
-        if not (args.wait and outcome.staged):
-            return 0
-        # Until the staged key signs: --timeout counts from the start; by default its announced start + a minute.
-        activation = parse_time(outcome.signs_from)
-        if args.timeout is not None:
-            deadline = started + args.timeout
-        else:
-            wait = (activation - _now()).total_seconds() if activation else 0.0
-            deadline = time.monotonic() + max(wait, 0.0) + DEFAULT_ROTATE_TIMEOUT
-        while True:
-            servicekey.reload()
-            status = servicekey.obj.get("status") or {}
-            if status.get("keyId") == outcome.new_kid:
-                print(rotated_line(outcome.old_kid, outcome.new_kid), flush=True)
-                return 0
-            if status.get("pendingKeyId") != outcome.new_kid:
-                print(f"rotate: the staged key {outcome.new_kid} was withdrawn before it signed (now key "
-                      f"{status.get('keyId') or '<none>'} signs, pending {status.get('pendingKeyId') or '<none>'}; "
-                      f"see: servicekey-operator status {args.name} -n {namespace})", file=sys.stderr)
-                return 1
-            if time.monotonic() >= deadline:
-                print(f"rotate: timed out after {time.monotonic() - started:.0f}s waiting for {outcome.new_kid} to "
-                      f"sign on {where} (staged, signs from {outcome.signs_from or 'an unknown time'}; key "
-                      f"{status.get('keyId')} still signs)", file=sys.stderr)
+        servicekey = ServiceKeyObject.objects(api, namespace=namespace).get(name=args.name)
+    except pykube.ObjectDoesNotExist:
+        print(_not_found(args.name), file=sys.stderr)
+        return 2
+    before = dict(servicekey.obj.get("status") or {})
+    if before.get("pendingKeyId") and not args.emergency:
+        # The operator answers a request only once the staged key signs; the user would wait for nothing.
+        print(f"rotate: {where} already has a staged key, {before['pendingKeyId']}, which signs from "
+              f"{pending_activation(before) or 'an unknown time'}: request another rotation once it signs, "
+              f"or use --emergency to replace the signing key (and the staged one) now", file=sys.stderr)
+        return 1
+    request = (EMERGENCY_PREFIX if args.emergency else "") + _now().isoformat()
+    request_rotation(servicekey, request)
+    digest = rotate_request_digest(request)
+    started = time.monotonic()
+    answer_deadline = started + (args.timeout if args.timeout is not None else DEFAULT_ROTATE_TIMEOUT)
+    outcome = None
+    while outcome is None:
+        servicekey.reload()
+        status = servicekey.obj.get("status") or {}
+        outcome = rotation_outcome(before, status, digest)
+        if outcome is None:
+            if time.monotonic() >= answer_deadline:
+                condition = ready_condition(servicekey.obj)
+                print(f"rotate: timed out after {time.monotonic() - started:.0f}s: the operator has not "
+                      f"answered the rotate request on {where} (key {status.get('keyId') or '<none>'} "
+                      f"still signs; Ready={condition.get('status', 'Unknown')} "
+                      f"{condition.get('reason', '')}: {condition.get('message', '')})".rstrip(": "),
+                      file=sys.stderr)
                 return 1
             time.sleep(POLL_SECONDS)
-    except _KubeError as bad:
-        print(f"rotate: {bad}", file=sys.stderr)
-        return 2
-    except _api_errors() as failed:
-        print(f"rotate: {where or 'the cluster'}: {_kube_failure(failed)}", file=sys.stderr)
-        return 2
+    print(outcome.describe(), flush=True)
+    if not (args.wait and outcome.staged):
+        return 0
+    # Until the staged key signs: --timeout counts from the start; by default its announced start + a minute.
+    activation = parse_time(outcome.signs_from)
+    if args.timeout is not None:
+        deadline = started + args.timeout
+    else:
+        wait = (activation - _now()).total_seconds() if activation else 0.0
+        deadline = time.monotonic() + max(wait, 0.0) + DEFAULT_ROTATE_TIMEOUT
+    while True:
+        servicekey.reload()
+        status = servicekey.obj.get("status") or {}
+        if status.get("keyId") == outcome.new_kid:
+            print(rotated_line(outcome.old_kid, outcome.new_kid), flush=True)
+            return 0
+        if status.get("pendingKeyId") != outcome.new_kid:
+            print(f"rotate: the staged key {outcome.new_kid} was withdrawn before it signed (now key "
+                  f"{status.get('keyId') or '<none>'} signs, pending {status.get('pendingKeyId') or '<none>'}; "
+                  f"see: servicekey-operator status {args.name} -n {namespace})", file=sys.stderr)
+            return 1
+        if time.monotonic() >= deadline:
+            print(f"rotate: timed out after {time.monotonic() - started:.0f}s waiting for {outcome.new_kid} to "
+                  f"sign on {where} (staged, signs from {outcome.signs_from or 'an unknown time'}; key "
+                  f"{status.get('keyId')} still signs)", file=sys.stderr)
+            return 1
+        time.sleep(POLL_SECONDS)
 
 
 def _read_detail(api: Any, namespace: str, obj: dict[str, Any]) -> tuple[Any, list[dict[str, Any]], str | None]:
@@ -219,6 +234,7 @@ def _read_detail(api: Any, namespace: str, obj: dict[str, Any]) -> tuple[Any, li
         return published, [], f"cannot list Events: {_kube_failure(failed)}"
 
 
+@_cluster_command("status")
 def _status(args: argparse.Namespace) -> int:
     import pykube
 
@@ -231,52 +247,74 @@ def _status(args: argparse.Namespace) -> int:
     if args.name and args.selector:
         print("status: a name cannot be given together with a selector (-l)", file=sys.stderr)
         return 2
-    try:
-        api, namespace = _kube(args)
-        query = ServiceKeyObject.objects(api, namespace=pykube.all if args.all_namespaces else namespace)
-        if args.name:
-            try:
-                objects = [query.get(name=args.name).obj]
-            except pykube.ObjectDoesNotExist:
-                print(_not_found(args.name), file=sys.stderr)
-                return 2
-        else:
-            if args.selector:
-                query = query.filter(selector=args.selector)
-            objects = sorted((sk.obj for sk in query),
-                             key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
-        now = _now()
-        if args.output in ("json", "yaml"):
-            print(status_view.render_document(status_view.as_document(objects, single=bool(args.name)),
-                                              args.output))
-        elif args.name and args.output is None:
-            published, events, events_problem = _read_detail(api, namespace, objects[0])
-            print(status_view.detail(objects[0], published, events, now, events_problem))
-        elif not objects:
-            where = "any namespace" if args.all_namespaces else f"{namespace} namespace"
-            print(f"No resources found in {where}.", file=sys.stderr)
-        else:
-            print(status_view.table(objects, now, wide=args.output == "wide", with_namespace=args.all_namespaces))
-    except _KubeError as bad:
-        print(f"status: {bad}", file=sys.stderr)
-        return 2
-    except _api_errors() as failed:
-        print(f"status: {_kube_failure(failed)}", file=sys.stderr)
-        return 2
+    api, namespace = _kube(args)
+    query = ServiceKeyObject.objects(api, namespace=pykube.all if args.all_namespaces else namespace)
+    if args.name:
+        try:
+            objects = [query.get(name=args.name).obj]
+        except pykube.ObjectDoesNotExist:
+            print(_not_found(args.name), file=sys.stderr)
+            return 2
+    else:
+        if args.selector:
+            query = query.filter(selector=args.selector)
+        objects = sorted((sk.obj for sk in query),
+                         key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
+    now = _now()
+    if args.output in ("json", "yaml"):
+        print(status_view.render_document(status_view.as_document(objects, single=bool(args.name)),
+                                          args.output))
+    elif args.name and args.output is None:
+        published, events, events_problem = _read_detail(api, namespace, objects[0])
+        print(status_view.detail(objects[0], published, events, now, events_problem))
+    elif not objects:
+        where = "any namespace" if args.all_namespaces else f"{namespace} namespace"
+        print(f"No resources found in {where}.", file=sys.stderr)
+    else:
+        print(status_view.table(objects, now, wide=args.output == "wide", with_namespace=args.all_namespaces))
     return status_view.exit_code(objects)
+
+
+DEFAULT_DRAIN_TIMEOUT = 300.0
+
+
+@_cluster_command("uninstall")
+def _uninstall(args: argparse.Namespace) -> int:
+    from servicekey_operator import uninstall
+    from servicekey_operator.status_view import ready_condition
+
+    api, _ = _kube(args)
+    namespaces = None if args.all_namespaces else args.namespace
+    if not args.all_namespaces and not namespaces:
+        print("uninstall: say where: -A (every namespace) or -n NAMESPACE (repeatable)", file=sys.stderr)
+        return 2
+    if args.strip_finalizers:
+        stripped, settled = uninstall.strip_finalizers(api, namespaces, args.timeout)
+        for name in stripped:
+            print(f"servicekey {name}: finalizer removed (its key stays in Vault, copies elsewhere stay)")
+        if not settled:
+            print(f"uninstall: finalizers came back for {args.timeout:.0f}s: an operator still runs; stop it first "
+                  "(the chart runs this after uninstalling it)", file=sys.stderr)
+            return 1
+        return 0
+    left = uninstall.drain(api, namespaces, args.timeout)
+    for obj in left:
+        meta = obj["metadata"]
+        condition = ready_condition(obj)
+        print(f"uninstall: servicekey {meta['namespace']}/{meta['name']} is still there after {args.timeout:.0f}s "
+              f"(finalizers {meta.get('finalizers') or []}; Ready={condition.get('status', 'Unknown')} "
+              f"{condition.get('reason', '')})", file=sys.stderr)
+    if left:
+        print("uninstall: is the operator running? See docs/uninstall.md; --strip-finalizers releases them "
+              "without the operator", file=sys.stderr)
+        return 1
+    print("every ServiceKey is deleted")
+    return 0
 
 
 def _version(_: argparse.Namespace) -> int:
     print(f"servicekey-operator {package_version()}")
     return 0
-
-
-def package_version() -> str:
-    """The installed package's version (``unknown`` when run from a checkout that is not installed)."""
-    try:
-        return importlib.metadata.version("servicekey-operator")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _completion(args: argparse.Namespace) -> int:
@@ -381,6 +419,25 @@ def parser() -> argparse.ArgumentParser:
     inspect.add_argument("-o", "--output", choices=("wide", "json", "yaml"),
                          help="wide: a table row; json or yaml: the object")
     inspect.set_defaults(func=_status, all_namespaces=False, selector=None)
+    uninstall = commands.add_parser(
+        "uninstall", parents=[_kube_options(namespaced=False)],
+        help="before removing the operator: delete every ServiceKey, or release them from its finalizer",
+        description="What the chart's pre-delete hook runs (uninstall.serviceKeys). --drain deletes every ServiceKey "
+                    "while the operator still runs and waits until each is gone (deletionPolicy honoured, copies "
+                    "withdrawn); exit 1 if some are left after --timeout. --strip-finalizers, once the operator is "
+                    "stopped, removes its finalizer, so that the keys, and their namespaces, can be deleted without "
+                    "an operator (nothing is then done in Vault or to the copies); exit 1 if an operator keeps "
+                    "putting it back. Exit 2 when the cluster cannot be read.")
+    mode = uninstall.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--drain", action="store_true", help="delete every ServiceKey and wait until they are gone")
+    mode.add_argument("--strip-finalizers", action="store_true", help="remove the operator's finalizer from each")
+    uninstall.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+    uninstall.add_argument("-n", "--namespace", action="append", default=[],
+                           help="a namespace (repeatable)")
+    uninstall.add_argument("--timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT, metavar="SECONDS",
+                           help=f"how long to wait for the drain, or for the finalizers to stay off (default "
+                                f"{DEFAULT_DRAIN_TIMEOUT:.0f}s)")
+    uninstall.set_defaults(func=_uninstall)
     commands.add_parser("version", help="print the version of this command").set_defaults(func=_version)
     completion = commands.add_parser(
         "completion", help="print a shell completion script",

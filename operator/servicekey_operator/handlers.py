@@ -37,13 +37,21 @@ from servicekey_operator.peering import PeeringGate
 from servicekey_operator.reconcile import Event, Keygen, Outcome, Reconciler, next_pass_time, next_rotation_time
 from servicekey_operator.resume import first_pass_time
 from servicekey_operator.scheduler import PassScheduler
-from servicekey_operator.spec import ROTATE_ANNOTATION, DesiredKey, desired_key, rotate_request_digest
+from servicekey_operator.spec import (
+    FINALIZER,
+    ROTATE_ANNOTATION,
+    DesiredKey,
+    deletion_does_work,
+    desired_key,
+    rotate_request_digest,
+)
 from servicekey_operator.status import differs, failed_status, ready_condition, ready_status
 from servicekey_operator.vault.connection import VaultConnection
 from servicekey_operator.vault.kv import KvKeyStore
 from servicekey_operator.vault.ownership import ADOPT_NAMESPACE_UID_ANNOTATION, Owner
 from servicekey_operator.vault.records import parse_time
 from servicekey_operator.vault.transit import TransitKeys
+from servicekey_operator.version import package_version
 
 GROUP, VERSION, PLURAL = publish.API_GROUP, publish.API_VERSION, "servicekeys"
 CRD_NAME = f"{PLURAL}.{GROUP}"
@@ -52,7 +60,6 @@ CRD_CLEANUP_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 300.0
 CONFLICT_RECHECK_SECONDS = 60.0
 KOPF_STORAGE_PREFIX = "kopf.servicekey.io"
-FINALIZER = "servicekey.io/finalizer"
 IO_THREADS = 32
 CONCURRENT_PASSES = 16
 # Passes the scheduler has started and not finished: more than run at once, so RSA passes waiting for
@@ -97,8 +104,8 @@ def slim_body(body: Mapping[str, Any]) -> dict[str, Any]:
     """What a pass and its Events need of a ServiceKey, without managedFields and other annotations, and with
     the rotate request as its digest (the annotation may hold 256 KiB, kept once per key otherwise)."""
     meta = body["metadata"]
-    kept_meta = {name: meta[name] for name in ("name", "namespace", "uid", "generation", "deletionTimestamp")
-                 if name in meta}
+    kept_meta = {name: meta[name] for name in ("name", "namespace", "uid", "generation", "deletionTimestamp",
+                                               "finalizers") if name in meta}
     annotations = meta.get("annotations") or {}
     kept_meta["annotations"] = {name: value for name, value in (
         (ROTATE_ANNOTATION, rotate_request_digest(annotations.get(ROTATE_ANNOTATION))),
@@ -141,6 +148,8 @@ class OperatorState:
     scheduled_passes: set[asyncio.Task[None]] = field(default_factory=set)
     # Finalizes the ServiceKeys that a deletion of their CRD deletes (see ``servicekey_crd_changed``).
     crd_cleanup: asyncio.Task[None] | None = None
+    # Keeps the peering verdict (and with it the per-key metrics) current while nothing else asks.
+    peering_watch: asyncio.Task[None] | None = None
 
     async def listed_configmap_version(self, namespace: str, name: str, logger: logging.Logger) -> str | None:
         """The resourceVersion the ConfigMap had when listed, and forget it; list again when the listing is
@@ -258,7 +267,7 @@ async def _record_failure(state: OperatorState, key: ObjectKey, body: Mapping[st
         state.scheduler.schedule(failure.holder, now)
     failures = state.consecutive_failures[key] = state.consecutive_failures.get(key, 0) + 1
     delay = backoff_seconds(failures - 1) if failure.retryable else CONFLICT_RECHECK_SECONDS
-    metrics.record_failure(key, failure.reason)
+    metrics.record_failure(failure.reason)
     logger.warning(f"{failure.reason}: {failure}")
     # Best effort: with the API server down the failure cannot be reported, only retried.
     with contextlib.suppress(ServiceKeyError):
@@ -291,7 +300,8 @@ async def _record_success(state: OperatorState, key: ObjectKey, body: Mapping[st
     state.consecutive_failures.pop(key, None)
     resync = now + datetime.timedelta(seconds=state.config.resync_seconds * random.uniform(0.9, 1.1))
     state.scheduler.schedule(key, min(wake_at, resync) if wake_at else resync)
-    metrics.record_ready(key, outcome, due)
+    if outcome.decision.generate:
+        metrics.record_rotation(outcome.decision.reason, desired.algorithm, desired.engine)
     _post(body, outcome.events)
 
 
@@ -360,10 +370,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
                             copy_namespaces=tuple(dict.fromkeys(config.watch_namespaces + config.publish_namespaces))
                             if config.watch_namespaces else ())
     gate = PeeringGate(functools.partial(kube.peering_keepalives, namespaces=config.watch_namespaces),
-                       config.peering, memo.peering_identity, memo.peering_priority)
+                       config.peering, memo.peering_identity, memo.peering_priority,
+                       on_change=lambda active, outranked: metrics.set_active(active, outranked=outranked))
     memo.state = OperatorState(config=config, reconciler=reconciler, kube=kube, keygen=keygen,
                                passes_in_flight=passes_in_flight, gate=gate, settings=settings, bodies=bodies)
-    metrics.serve(config.metrics_port)
+    memo.state.peering_watch = asyncio.create_task(gate.watch(), name="peering watch")
+    metrics.serve(config.metrics_port, package_version())
     logger.info(f"servicekey-operator configured: Vault {config.vault.addr} ({config.vault.auth_method} auth), "
                 f"KV mount {config.kv_mount}, prefix {config.path_prefix}")
 
@@ -372,7 +384,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     """Stop the scheduler and the keygen workers."""
     state: OperatorState = memo.state
-    for task in (state.scheduler_task, state.crd_cleanup):
+    for task in (state.scheduler_task, state.crd_cleanup, state.peering_watch):
         if task is not None:
             task.cancel()
     state.keygen.shutdown()
@@ -393,14 +405,19 @@ async def servicekey_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.M
     meta = body["metadata"]
     key: ObjectKey = (meta["namespace"], meta["name"])
     if event["type"] == "DELETED":
-        state.bodies.pop(key, None)
+        # Most keys end here without a finalizer (``needs_finalizer``), so this is their end of life: passes
+        # already queued for this uid stand down (``run_pass``), as after a finalizer.
+        state.finalizing[key] = meta["uid"]
+        state.forget(key)
         state.kube.forget_servicekey(meta["uid"])
+        metrics.KEY_GAUGES.forget(key)
         return
     state.bodies[key] = slim_body(body)
+    metrics.KEY_GAUGES.observe(key, _key_series(state, body))
     if meta.get("deletionTimestamp"):
         return  # the deletion handler owns the end of life
-    if FINALIZER not in (meta.get("finalizers") or []):
-        return  # kopf adds it first, so a key is never written to Vault unguarded; that event brings us back
+    if needs_finalizer(body) and FINALIZER not in (meta.get("finalizers") or []):
+        return  # kopf adds it first, so no copy or Delete-policy key is made unguarded; that event brings us back
     annotations = meta.get("annotations") or {}
     trigger: Trigger = (meta["uid"], meta.get("generation"), rotate_request_digest(annotations.get(ROTATE_ANNOTATION)),
                         annotations.get(ADOPT_NAMESPACE_UID_ANNOTATION))
@@ -432,10 +449,29 @@ async def _resumed_from_status(state: OperatorState, key: ObjectKey, body: Mappi
     if first_pass is None:
         return False
     state.scheduler.schedule(key, first_pass)
-    next_rotation = status.get("nextRotationTime")
-    metrics.record_settled(key, parse_time(status["lastRotationTime"]),
-                           parse_time(next_rotation) if next_rotation else None)
     return True
+
+
+def _key_series(state: OperatorState, body: Mapping[str, Any]) -> metrics.KeySeries:
+    """The per-key gauges of a ServiceKey as its status and spec show them."""
+    status = body.get("status") or {}
+    spec = body.get("spec") or {}
+    try:
+        period = _desired(state, body).rotation.period_seconds
+    except ServiceKeyError:
+        period = None  # the pass says why, in the status
+
+    def timestamp(field: str) -> float | None:
+        text = status.get(field)
+        try:
+            return parse_time(text).timestamp() if text else None
+        except ValueError:
+            return None  # anybody with status access may write it; not ours to crash on
+
+    return metrics.KeySeries(ready=str(ready_condition(status).get("status") or "Unknown"),
+                             algorithm=str(spec.get("algorithm", "")), engine=str((spec.get("vault") or {}).get(
+                                 "engine", "")), created_at=timestamp("lastRotationTime"),
+                             next_rotation=timestamp("nextRotationTime"), period_seconds=period)
 
 
 def _start_scheduled_pass(state: OperatorState, key: ObjectKey) -> asyncio.Task[None] | None:
@@ -443,6 +479,8 @@ def _start_scheduled_pass(state: OperatorState, key: ObjectKey) -> asyncio.Task[
     body = state.bodies.get(key)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None  # the deletion handler owns the end of life
+    if needs_finalizer(body) and FINALIZER not in body["metadata"].get("finalizers", ()):
+        return None  # the spec has just come to need it: kopf's adding it brings a pass (``servicekey_changed``)
     logger = kopf.ObjectLogger(body=kopf.Body(body), settings=state.settings)
     task = asyncio.create_task(_scheduled_pass(state, key, body, logger), name=f"pass {key[0]}/{key[1]}")
     state.scheduled_passes.add(task)
@@ -459,7 +497,15 @@ async def _scheduled_pass(state: OperatorState, key: ObjectKey, body: Mapping[st
         state.scheduler.schedule(key, _now() + datetime.timedelta(seconds=MAX_BACKOFF_SECONDS))
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL)
+def needs_finalizer(body: Mapping[str, Any], **_: Any) -> bool:
+    """kopf's filter for the deletion handler: kopf puts the finalizer only on the keys whose deletion does work
+    (``deletion_does_work``), and takes it off a key that no longer needs it. A finalizer on every key would
+    cost one API write per new key, and wedge the deletion of every key (and of its namespace) while no
+    operator runs, as after ``helm uninstall``."""
+    return deletion_does_work(body.get("spec") or {}, body.get("status") or {})
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, when=needs_finalizer)
 async def finalize_servicekey(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, retry: int,
                               **_: Any) -> None:
     """Honour deletionPolicy in Vault; the ConfigMap goes with the owner reference."""
@@ -483,7 +529,7 @@ async def _finalize(state: OperatorState, body: Mapping[str, Any], logger: loggi
             logger.warning(f"deletion: {failure}")
         else:
             _post(body, events)
-        metrics.forget(key)
+        metrics.KEY_GAUGES.forget(key)
         state.forget(key)
 
 
@@ -528,6 +574,7 @@ async def servicekey_crd_changed(event: kopf.RawEvent, body: kopf.Body, memo: ko
         state.bodies.pop(key, None)
         state.handled.pop(key, None)
         state.scheduler.forget(key)
+    metrics.KEY_GAUGES.clear()  # every key goes, and no DELETED event will say so
     state.crd_cleanup = asyncio.create_task(_finalize_with_the_crd(state, body["metadata"]["uid"], logger),
                                             name="crd cleanup")
 

@@ -41,6 +41,8 @@ def outranked(keepalives: Mapping[str, Any], identity: str, priority: int, now: 
 
     ``keepalives`` is the peering object's status: identity -> {priority, lifetime, lastseen}.
     """
+    if not isinstance(keepalives, Mapping):
+        return False  # a status anybody with access could have written; kopf would not parse it either
     for peer, keepalive in keepalives.items():
         if peer == identity or not isinstance(keepalive, Mapping):
             continue
@@ -57,6 +59,11 @@ def outranked(keepalives: Mapping[str, Any], identity: str, priority: int, now: 
     return False
 
 
+# Called with (active, outranked) whenever the gate's view changes; ``outranked`` means a live peer of
+# higher priority was seen, rather than the peering object being unreadable.
+OnChange = Callable[[bool, bool], None]
+
+
 class PeeringGate:
     """Answers "is this replica active?" from the peering objects, read at most every few seconds.
 
@@ -64,20 +71,38 @@ class PeeringGate:
     """
 
     def __init__(self, read_keepalives: Callable[[str], Iterable[Mapping[str, Any]]] | None, name: str | None,
-                 identity: str, priority: int) -> None:
+                 identity: str, priority: int, on_change: OnChange | None = None) -> None:
         self._read = read_keepalives
         self.name = name
         self.identity = identity
         self.priority = priority
+        self._on_change = on_change
         self._verdict = False
+        self._outranked = False
         self._read_at: float | None = None
         self._reading = asyncio.Lock()
 
     def vouch(self) -> None:
         """kopf has just delivered a watch event, which it does only while this replica is active: open the
         gate now rather than at the next reading (a standby taking over acts at once)."""
-        self._verdict = True
+        self._judge(True, False)
         self._read_at = time.monotonic()
+
+    def _judge(self, verdict: bool, outranked: bool) -> None:
+        changed = (verdict, outranked) != (self._verdict, self._outranked)
+        self._verdict, self._outranked = verdict, outranked
+        if changed and self._on_change is not None:
+            self._on_change(verdict, outranked)
+
+    async def watch(self) -> None:
+        """Forever: keep the verdict current, so that ``on_change`` hears of a pause even while nothing asks
+        (one read of the peering objects every PEERING_READING_SECONDS; standalone, one verdict and done)."""
+        if self.name is None or self._read is None:
+            self._judge(True, False)
+            return
+        while True:
+            await self.active()
+            await asyncio.sleep(PEERING_READING_SECONDS)
 
     async def active(self) -> bool:
         """True while no live peer outranks this replica; False while in doubt (the object unreadable)."""
@@ -88,9 +113,9 @@ class PeeringGate:
                 try:
                     objects = await asyncio.to_thread(self._read, self.name)
                     now = datetime.datetime.now(datetime.UTC)
-                    self._verdict = not any(outranked(keepalives, self.identity, self.priority, now)
-                                            for keepalives in objects)
+                    beaten = any(outranked(keepalives, self.identity, self.priority, now) for keepalives in objects)
+                    self._judge(not beaten, beaten)
                 except ServiceKeyError:
-                    self._verdict = False
+                    self._judge(False, False)
                 self._read_at = time.monotonic()
         return self._verdict

@@ -19,6 +19,8 @@ from servicekey_operator.keys import KeySpecError, effective_key_size
 from servicekey_operator.vault.ownership import ADOPT_NAMESPACE_UID_ANNOTATION
 
 ROTATE_ANNOTATION = "servicekey.io/rotate"
+# The operator's finalizer, on the keys whose deletion does work (``deletion_does_work``).
+FINALIZER = "servicekey.io/finalizer"
 # A key rotated more often than verifiers refresh what they hold (a mounted ConfigMap: about a minute; a
 # JWKS cache: minutes) is retired before they have it. The CRD enforces the same floor at admission.
 MIN_ROTATION_PERIOD_SECONDS = 60.0
@@ -237,3 +239,17 @@ def desired_key(namespace: str, name: str, uid: str, spec: Mapping[str, Any],
         serve_http=bool(public_key.get("http", False)),
         issuer=_issuer(public_key.get("issuer")),
     )
+
+
+def deletion_does_work(spec: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+    """Whether deleting this ServiceKey needs the operator, so that it must carry the finalizer: with
+    deletionPolicy Delete (the key goes from Vault), or with copies in other namespaces, asked for or still
+    there (owner references cannot cross namespaces). Anything else the API server's garbage collector ends:
+    the ConfigMap by its owner reference, and Retain keeps Vault as it is.
+
+    Read from the raw object, so a spec the operator refuses still gets the finalizer it asks for.
+    """
+    public_key = spec.get("publicKey") or {}
+    # An empty namespaceSelector selects every namespace (as publish.py reads it).
+    return (spec.get("deletionPolicy") == "Delete" or public_key.get("namespaceSelector") is not None
+            or bool(public_key.get("namespaces")) or bool(status.get("publishedNamespaces")))

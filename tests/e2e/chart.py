@@ -73,6 +73,7 @@ FULL_VALUES: dict[str, Any] = {
     "imagePullSecrets": [{"name": "regcred"}],
     "global": {"imagePullSecrets": ["mirror-cred", {"name": "regcred"}]},
     "crds": {"enabled": True, "keep": False},
+    "uninstall": {"serviceKeys": "drain", "timeoutSeconds": 120},
     "nameOverride": "sko",
     "fullnameOverride": "keys-operator",
     "commonLabels": {"team": "platform"},
@@ -139,6 +140,19 @@ FULL_VALUES: dict[str, Any] = {
     }],
     "service": {"type": "NodePort", "port": 9090, "annotations": {"example.test/probe": "true"}},
     "serviceMonitor": {"enabled": True, "interval": "1m", "scrapeTimeout": "20s", "labels": {"release": "prom"}},
+    "prometheusRule": {
+        "enabled": True,
+        "namespace": "monitoring",
+        "labels": {"release": "prom"},
+        "additionalRuleLabels": {"team": "platform"},
+        "runbookBaseURL": "https://git.example.test/platform/servicekey-operator/blob/v0.1.0/docs/troubleshooting.md",
+    },
+    "grafanaDashboard": {
+        "enabled": True,
+        "namespace": "monitoring",
+        "labels": {"grafana_dashboard": "1", "team": "platform"},
+        "annotations": {"grafana_folder": "Security"},
+    },
     "podDisruptionBudget": {"enabled": True, "minAvailable": 2},
     "networkPolicy": {
         "enabled": True,
@@ -258,10 +272,16 @@ def is_tenant_role(doc: dict[str, Any]) -> bool:
         key.startswith(AGGREGATE_LABEL) for key in (doc["metadata"].get("labels") or {}))
 
 
+def is_uninstall_hook(doc: dict[str, Any]) -> bool:
+    """Whether the doc belongs to the uninstall hook (uninstall.serviceKeys)."""
+    return (doc["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == "uninstall"
+
+
 def serving_docs(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The operator's own objects: neither the JWKS server's, nor the tenants' roles, nor the CRD."""
-    return [doc for doc in operator_docs(docs)
-            if not is_tenant_role(doc) and doc["kind"] != "CustomResourceDefinition"]
+    """The operator's own objects: neither the JWKS server's, nor the tenants' roles, nor the CRD, nor the
+    uninstall hook's."""
+    return [doc for doc in operator_docs(docs) if not is_tenant_role(doc) and not is_uninstall_hook(doc)
+            and doc["kind"] != "CustomResourceDefinition"]
 
 
 def operator_container(docs: list[dict[str, Any]]) -> dict[str, Any]:

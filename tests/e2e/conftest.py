@@ -8,20 +8,32 @@ from pathlib import Path
 
 import pytest
 
-from devcluster.binaries import HELM_VERSION, cache_dir
+from devcluster.binaries import HELM_VERSION, PROMETHEUS_VERSION, cache_dir
 from devcluster.environment import DevEnvironment
 from devcluster.node import KubernetesNode
 
 
+def cached_tool(variable: str, name: str, version: str) -> Path:
+    """A Go-built tool: $<variable>, else the devcluster build cache (``python3 -m devcluster build``). A missing
+    tool is a failure, never a skip."""
+    configured = os.environ.get(variable)
+    candidate = Path(configured) if configured else cache_dir() / "bin" / f"{name}-{version}" / name
+    if not (candidate.is_file() and os.access(candidate, os.X_OK)):
+        pytest.fail(f"{name} not found at {candidate}: set {variable}, or build it with `python3 -m devcluster build` "
+                    f"({name} {version} into the cache)", pytrace=False)
+    return candidate
+
+
 @pytest.fixture(scope="session")
 def helm_bin() -> Path:
-    """The real helm binary: $HELM, else the devcluster build cache. Missing helm is a failure."""
-    configured = os.environ.get("HELM")
-    candidate = Path(configured) if configured else cache_dir() / "bin" / f"helm-{HELM_VERSION}" / "helm"
-    if not (candidate.is_file() and os.access(candidate, os.X_OK)):
-        pytest.fail(f"helm binary not found at {candidate}: set HELM, or build it with the devcluster "
-                    f"binaries (helm {HELM_VERSION} into the cache)", pytrace=False)
-    return candidate
+    """The real helm binary."""
+    return cached_tool("HELM", "helm", HELM_VERSION)
+
+
+@pytest.fixture(scope="session")
+def promtool_bin() -> Path:
+    """The real promtool."""
+    return cached_tool("PROMTOOL", "promtool", PROMETHEUS_VERSION)
 
 
 @pytest.fixture(scope="module")

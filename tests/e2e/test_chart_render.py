@@ -43,6 +43,7 @@ from tests.e2e.chart import (
     env_of,
     is_jwks,
     is_tenant_role,
+    is_uninstall_hook,
     jwks_container,
     jwks_docs,
     key_of,
@@ -363,6 +364,7 @@ BAD_VALUES = {
     "metrics port out of range": ({"operator": {"metricsPort": 70000}}, "metricsPort"),
     "port given as a string": ({"operator": {"healthPort": "8081"}}, "healthPort"),
     "unknown top-level key": ({"replicas": 2}, "replicas"),
+    "unknown uninstall mode": ({"uninstall": {"serviceKeys": "delete"}}, "serviceKeys"),
     "misspelt nested key": ({"vault": {"adress": "https://vault:8200"}}, "adress"),
     "unknown log format": ({"operator": {"logFormat": "xml"}}, "logFormat"),
     "vault address without scheme": ({"vault": {"address": "vault:8200"}}, "address"),
@@ -403,6 +405,15 @@ BAD_VALUES = {
     "global pull secret without its name": ({"global": {"imagePullSecrets": [{"nam": "regcred"}]}},
                                             "imagePullSecrets"),
     "aggregateClusterRoles given as a string": ({"rbac": {"aggregateClusterRoles": "yes"}}, "aggregateClusterRoles"),
+    "prometheusRule.enabled given as a string": ({"prometheusRule": {"enabled": "true"}}, "enabled"),
+    "misspelt prometheusRule key": ({"prometheusRule": {"runbookURL": "https://x.test/t.md"}}, "runbookURL"),
+    "alert labels that override the severity": (
+        {"prometheusRule": {"additionalRuleLabels": {"severity": "info"}}}, "additionalRuleLabels"),
+    "runbook base with its own fragment": ({"prometheusRule": {"runbookBaseURL": "https://x.test/t.md#a"}},
+                                           "runbookBaseURL"),
+    "misspelt grafanaDashboard key": ({"grafanaDashboard": {"folder": "Security"}}, "folder"),
+    "dashboard label that is no string": ({"grafanaDashboard": {"labels": {"grafana_dashboard": 1}}},
+                                          "grafana_dashboard"),
 }
 
 
@@ -692,9 +703,9 @@ def test_every_pod_runs_under_the_restricted_pod_security_standard(helm_bin, tmp
 
     deployments = of_kind(docs, "Deployment")
     assert sorted(is_jwks(d) for d in deployments) == [False, True], "the operator and the JWKS server"
-    for deployment in deployments:
-        name = deployment["metadata"]["name"]
-        pod = deployment["spec"]["template"]["spec"]
+    for workload in deployments + of_kind(docs, "Job"):  # the uninstall hook's Job with every value
+        name = workload["metadata"]["name"]
+        pod = workload["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         assert pod["securityContext"]["runAsUser"] == 65532, name
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
@@ -1015,3 +1026,54 @@ def test_kustomize_base_equals_the_default_helm_render(helm_bin, tmp_path):
     by_key = {key_of(doc): doc for doc in rendered}
     for doc in base_docs:
         assert doc == by_key[key_of(doc)], f"{stale} ({key_of(doc)})"
+
+
+def hook_docs(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [doc for doc in docs if is_uninstall_hook(doc)]
+
+
+def test_by_default_helm_uninstall_runs_no_hook(helm_bin, tmp_path):
+    assert hook_docs(render(helm_bin, tmp_path)) == []
+
+
+def test_a_drain_hook_deletes_every_servicekey_before_the_operator_goes(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path, {"uninstall": {"serviceKeys": "drain"}})
+
+    hook = hook_docs(docs)
+    assert sorted(doc["kind"] for doc in hook) == ["ClusterRole", "ClusterRoleBinding", "Job", "ServiceAccount"]
+    for doc in hook:
+        annotations = doc["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == "pre-delete", "while the operator still runs its finalizers"
+        assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+        weight = int(annotations["helm.sh/hook-weight"])
+        assert weight == (0 if doc["kind"] == "Job" else -10), "its account exists before the Job starts"
+    assert rules_by_resource(only(hook, "ClusterRole")) == {("servicekey.io", "servicekeys"): {"list", "delete"}}
+    job = only(hook, "Job")["spec"]
+    pod = job["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"] == ["uninstall", "--drain", "--timeout=240", "--all-namespaces"]
+    assert container["image"] == operator_container(docs)["image"]
+    assert pod["serviceAccountName"] == only(hook, "ServiceAccount")["metadata"]["name"]
+    assert pod["restartPolicy"] == "Never" and job["backoffLimit"] == 0
+    assert 240 < job["activeDeadlineSeconds"] < 300, "the command's timeout, not the deadline nor helm's 5m, ends it"
+    selector = only(operator_docs(docs), "Deployment")["spec"]["selector"]["matchLabels"]
+    labels = job["template"]["metadata"]["labels"]
+    assert not selector.items() <= labels.items(), "the operator's Service, PDB and policy must not take the pod"
+
+
+def test_a_strip_finalizers_hook_runs_after_the_operator_is_gone_in_the_watched_namespaces(helm_bin, tmp_path):
+    docs = render(helm_bin, tmp_path, {"uninstall": {"serviceKeys": "stripFinalizers", "timeoutSeconds": 60},
+                                       "watchNamespaces": ["payments", "orders"]})
+
+    hook = hook_docs(docs)
+    assert {doc["metadata"]["annotations"]["helm.sh/hook"] for doc in hook} == {"post-delete"}, \
+        "a running operator would put its finalizer back"
+    roles = of_kind(hook, "Role")
+    assert sorted(role["metadata"]["namespace"] for role in roles) == ["orders", "payments"]
+    stripping = {("servicekey.io", "servicekeys"): {"get", "list", "patch"}}
+    assert all(rules_by_resource(role) == stripping for role in roles)
+    assert sorted(binding["metadata"]["namespace"] for binding in of_kind(hook, "RoleBinding")) == [
+        "orders", "payments"]
+    assert of_kind(hook, "ClusterRole") == []
+    assert only(hook, "Job")["spec"]["template"]["spec"]["containers"][0]["args"] == [
+        "uninstall", "--strip-finalizers", "--timeout=60", "--namespace=payments", "--namespace=orders"]

@@ -32,28 +32,34 @@ from tests.support import MakeNamespace, ServiceKeys, wait_for
 
 pytestmark = pytest.mark.e2e
 
-# The ServiceMonitor kind comes from prometheus-operator; a permissive stand-in CRD lets the apiserver
-# accept the chart's optional ServiceMonitor in the dry run.
-SERVICEMONITOR_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
-    "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
-             "names": {"plural": "servicemonitors", "singular": "servicemonitor", "kind": "ServiceMonitor"},
-             "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
-                 "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
-}
+
+def prometheus_operator_crd(kind: str) -> dict:
+    """A permissive stand-in for a prometheus-operator CRD, so that the apiserver accepts the chart's optional
+    ServiceMonitors and PrometheusRule in the dry run."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{kind.lower()}s.monitoring.coreos.com"},
+        "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+                 "names": {"plural": f"{kind.lower()}s", "singular": kind.lower(), "kind": kind},
+                 "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                     "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
+    }
+
+
+PROMETHEUS_OPERATOR_CRDS = [prometheus_operator_crd("ServiceMonitor"), prometheus_operator_crd("PrometheusRule")]
 
 
 @pytest.fixture(scope="module")
 def chart_prerequisites(dev_env: DevEnvironment) -> None:
-    """The release namespace, the chart's extra CRDs (kopf peering) and a ServiceMonitor stand-in."""
+    """The release namespace, the chart's extra CRDs (kopf peering) and ServiceMonitor and PrometheusRule stand-ins."""
     kubectl = dev_env.kube.kubectl
     if kubectl("get", "namespace", NAMESPACE, check=False).returncode != 0:
         kubectl("create", "namespace", NAMESPACE)
     for crd in sorted((CHART_DIR / "crds").glob("*.yaml")):
         kubectl("apply", "--server-side", "-f", str(crd))
-    kubectl("apply", "--server-side", "-f", "-", input_text=yaml.safe_dump(SERVICEMONITOR_CRD))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/servicemonitors.monitoring.coreos.com")
+    for crd in PROMETHEUS_OPERATOR_CRDS:
+        kubectl("apply", "--server-side", "-f", "-", input_text=yaml.safe_dump(crd))
+        kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd['metadata']['name']}")
 
 
 @pytest.mark.parametrize("values", [None, FULL_VALUES, merged(FULL_VALUES, {"vault": {"auth": {"method": "approle"}}}),
@@ -65,7 +71,9 @@ def test_rendered_chart_passes_server_side_dry_run(dev_env: DevEnvironment, char
     rendered = helm(dev_env, "template", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE,
                     "--kube-version", KUBE_VERSION, *values_args(tmp_path, values)).stdout
     values = values or {}
-    for needed in [*values.get("watchNamespaces", []), *values.get("rbac", {}).get("publishNamespaces", [])]:
+    named = [*values.get("watchNamespaces", []), *values.get("rbac", {}).get("publishNamespaces", []),
+             *(values.get(key, {}).get("namespace") for key in ("prometheusRule", "grafanaDashboard"))]
+    for needed in filter(None, named):
         dev_env.kube.kubectl("create", "namespace", needed, check=False)
 
     result = dev_env.kube.kubectl("apply", "--dry-run=server", "-f", "-", input_text=rendered, check=False)

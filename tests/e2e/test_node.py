@@ -238,7 +238,7 @@ def test_rotations_fail_no_token_with_the_default_publish_ahead(
     assert pairs["emergency"].servicekeys.vault_versions("secret", "servicekeys/rot-emergency/signing") == 2
 
 
-def test_helm_upgrade_to_a_new_image_and_two_replicas_then_uninstall_leaves_nothing_wedged(
+def test_helm_upgrade_to_a_new_image_and_two_replicas_then_uninstall_drains_the_keys_and_leaves_nothing_wedged(
         dev_env: DevEnvironment, node: KubernetesNode, operator_pod: None, kube_client: kubernetes.client.ApiClient):
     demo = ServiceKeys(kube_client, "demo", dev_env)
     before = demo.get("payments-signing")["status"]
@@ -248,7 +248,7 @@ def test_helm_upgrade_to_a_new_image_and_two_replicas_then_uninstall_leaves_noth
 
     helm(dev_env, "upgrade", RELEASE, str(REPO_ROOT / "charts" / "servicekey-operator"), "--namespace",
          RELEASE_NAMESPACE, "--reuse-values", "--set", "image.tag=upgraded", "--set", "replicaCount=2",
-         "--set", "peering.enabled=true", "--wait", "--timeout", "180s")
+         "--set", "peering.enabled=true", "--set", "uninstall.serviceKeys=drain", "--wait", "--timeout", "180s")
     wait_for_deployment(dev_env.kube, RELEASE_NAMESPACE, RELEASE)
     pods = json.loads(dev_env.kube.kubectl("get", "pods", "-n", RELEASE_NAMESPACE, "-l",
                                            OPERATOR_SELECTOR, "-o", "json").stdout)["items"]
@@ -261,10 +261,15 @@ def test_helm_upgrade_to_a_new_image_and_two_replicas_then_uninstall_leaves_noth
     after = demo.get("payments-signing")["status"]
     assert (after["keyId"], after["keyVersion"]) == (before["keyId"], before["keyVersion"]), "no key churn"
 
-    for name in ("after-upgrade", "payments-signing"):
-        demo.delete(name)
-        demo.wait_gone(name, timeout=60)
-    helm(dev_env, "uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE, "--wait", "--timeout", "120s")
+    demo.create("doomed", {"algorithm": "ES256", "deletionPolicy": "Delete"})
+    demo.wait_ready("doomed", timeout=60)
+    assert demo.get("doomed")["metadata"]["finalizers"] == ["servicekey.io/finalizer"]
+
+    # The pre-delete hook's Job, a pod on the node, deletes every ServiceKey while the operator still runs.
+    helm(dev_env, "uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE, "--wait", "--timeout", "300s")
+    assert json.loads(dev_env.kube.kubectl("get", "servicekeys", "-A", "-o", "json").stdout)["items"] == []
+    assert demo.vault_versions("secret", "servicekeys/demo/doomed") == 0, "deletionPolicy Delete was honoured"
+    assert demo.vault_versions("secret", "servicekeys/demo/payments-signing") >= 1, "Retain kept the key"
     dev_env.kube.kubectl("delete", "namespace", "demo", "--timeout=120s")
 
     def remaining() -> list[str]:

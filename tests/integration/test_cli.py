@@ -193,3 +193,4 @@ def test_kubectl_servicekey_is_an_installed_plugin(operator: OperatorProcess, se
     version = subprocess.run([str(target / "bin" / "kubectl-servicekey"), "version"], capture_output=True,
                              text=True, env=dict(os.environ, PYTHONPATH=str(target)), timeout=60)
     assert version.stdout == f"servicekey-operator {distribution.version}\n"
+

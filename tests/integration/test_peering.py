@@ -323,3 +323,58 @@ def test_a_paused_replica_runs_no_scheduled_pass_until_it_is_active_again(
                          json.dumps({"status": {"impostor": None}}))
     wait_for(lambda: replica.active(), 20, "kopf to resume the replica once the impostor is gone")
     wait_for(lambda: passes() >= paused_at + 3, 20, "scheduled passes to resume")
+
+
+PER_KEY_METRICS = ("servicekey_ready_status", "servicekey_key_created_timestamp_seconds",
+                   "servicekey_next_rotation_timestamp_seconds", "servicekey_rotation_period_seconds")
+
+
+def per_key_series(replica: Replica, namespace: str) -> dict[str, dict[str, str]]:
+    """The per-key samples a replica's /metrics shows for ``namespace``: name -> labels (the last one)."""
+    return {name: dict(labels) for (name, labels), _ in metric_samples(replica.process).items()
+            if name in PER_KEY_METRICS and ("namespace", namespace) in labels}
+
+
+def standing(replica: Replica) -> float:
+    return metric_value(metric_samples(replica.process), "servicekey_operator_active")
+
+
+def test_only_the_active_replica_exports_per_key_metrics_and_a_paused_one_withdraws_them(
+        start_replicas, servicekeys: ServiceKeys, dev_env: DevEnvironment, peering: str):
+    replicas = start_replicas(2)
+    active = settle(replicas, dev_env, peering)
+    standby = next(replica for replica in replicas if replica is not active)
+    servicekeys.create("watched", {"algorithm": "ES256", "rotation": {"period": "720h"}})
+    servicekeys.wait_ready("watched")
+    namespace = servicekeys.namespace
+    ready = {"namespace": namespace, "name": "watched", "algorithm": "ES256", "engine": "kv"}
+
+    wait_for(lambda: metric_value(metric_samples(active.process), "servicekey_ready_status", **ready,
+                                  condition="True") == 1.0, 10, "the active replica to export the key")
+    period = metric_value(metric_samples(active.process), "servicekey_rotation_period_seconds",
+                          namespace=namespace, name="watched")
+    assert period == 720 * 3600
+    assert set(per_key_series(active, namespace)) == set(PER_KEY_METRICS)
+    wait_for(lambda: standing(active) == 1.0 and standing(standby) == 0.0, 10,
+             "servicekey_operator_active to name the active replica")
+    assert per_key_series(standby, namespace) == {}, "a standby exports no per-key series"
+    for replica in replicas:
+        build = [labels for (name, labels), value in metric_samples(replica.process).items()
+                 if name == "servicekey_build_info" and value == 1.0]
+        assert len(build) == 1 and dict(build[0])["version"], "servicekey_build_info names the version"
+
+    # A replica that was active and is now paused: kopf pauses it in favour of a higher priority.
+    lastseen = datetime.datetime.now(datetime.UTC).isoformat()
+    impostor = {"impostor": {"priority": 2**31, "lifetime": 60, "lastseen": lastseen}}
+    dev_env.kube.kubectl("patch", "clusterkopfpeering", peering, "--type=merge", "-p", json.dumps({"status": impostor}))
+    wait_for(lambda: not active.active(), 20, "kopf to pause the active replica in favour of the impostor")
+    wait_for(lambda: standing(active) == 0.0 and per_key_series(active, namespace) == {}, 10,
+             "the paused replica to withdraw its per-key series")
+    assert all(standing(replica) == 0.0 for replica in replicas), "nobody is active while the impostor is"
+
+    dev_env.kube.kubectl("patch", "clusterkopfpeering", peering, "--type=merge", "-p",
+                         json.dumps({"status": {"impostor": None}}))
+    resumed = settle(replicas, dev_env, peering)
+    wait_for(lambda: metric_value(metric_samples(resumed.process), "servicekey_ready_status", **ready,
+                                  condition="True") == 1.0 and standing(resumed) == 1.0, 15,
+             "the resumed replica to export the key again, from kopf's fresh listing")

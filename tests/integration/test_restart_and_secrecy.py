@@ -33,9 +33,11 @@ def _passes(operator: OperatorProcess) -> float:
 
 
 def _reports_ready(operator: OperatorProcess, namespace: str, names: tuple[str, ...]) -> bool:
-    samples = metric_samples(operator)
-    return all(metric_value(samples, "servicekey_ready_status", namespace=namespace, name=name,
-                            condition="True") == 1.0 for name in names)
+    """servicekey_ready_status{condition="True"} is 1 for each key, whatever its algorithm and engine labels."""
+    ready = {dict(labels)["name"] for (metric, labels), value in metric_samples(operator).items()
+             if metric == "servicekey_ready_status" and value == 1.0
+             and {("namespace", namespace), ("condition", "True")} <= labels}
+    return set(names) <= ready
 
 
 def test_restart_over_ready_keys_writes_nothing_and_defers_their_checks(

@@ -21,6 +21,7 @@ from servicekey_operator.rotation_request import RotationOutcome, rotation_outco
 from servicekey_operator.spec import desired_key, rotate_request_digest
 from servicekey_operator.status import ready_status
 from servicekey_operator.vault.records import KeyHistory, StoredKey
+from servicekey_operator.version import package_version
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime.datetime(2026, 5, 1, 12, 0, 0, tzinfo=datetime.UTC)
@@ -291,7 +292,7 @@ def test_status_refuses_what_kubectl_refuses(argv, message, capsys: pytest.Captu
 
 def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]):
     assert cli.main(["version"]) == 0
-    assert capsys.readouterr().out == f"servicekey-operator {cli.package_version()}\n"
+    assert capsys.readouterr().out == f"servicekey-operator {package_version()}\n"
 
 
 def test_run_as_the_kubectl_plugin_it_calls_itself_kubectl_servicekey(monkeypatch: pytest.MonkeyPatch):

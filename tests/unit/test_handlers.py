@@ -57,6 +57,9 @@ class NamespaceUids:
     def namespace_uid(self, namespace: str, servicekey_uid: str) -> str:
         return f"uid-of-{namespace}"
 
+    def forget_servicekey(self, uid: str) -> None:
+        pass
+
 
 class StatusRecorder(NamespaceUids):
     """Stands in for the Kubernetes gateway: records status patches."""
@@ -107,6 +110,36 @@ def test_a_servicekey_recreated_under_the_same_name_is_reconciled():
         return reconciler.calls
 
     assert asyncio.run(scenario()) == ["finalize old", "reconcile new"]
+
+
+def test_a_pass_queued_before_a_key_without_finalizer_was_deleted_does_not_run():
+    async def scenario() -> list[str]:
+        reconciler = RecordingReconciler()
+        state = state_with(reconciler)
+        memo = type("Memo", (), {"state": state})()
+        await handlers.servicekey_changed(event={"type": "DELETED"}, body=kopf.Body(servicekey("old")), memo=memo,
+                                          logger=LOGGER)
+        await handlers.run_pass(state, servicekey("old"), LOGGER)  # queued before the deletion
+        await handlers.run_pass(state, servicekey("new"), LOGGER)  # the same name, created again
+        return reconciler.calls
+
+    assert asyncio.run(scenario()) == ["reconcile new"]
+
+
+def test_a_scheduled_pass_waits_for_the_finalizer_a_changed_spec_now_needs():
+    async def started(finalizers: list[str]) -> bool:
+        state = state_with(RecordingReconciler())
+        body = servicekey("u1")
+        body["spec"]["deletionPolicy"] = "Delete"
+        body["metadata"]["finalizers"] = finalizers
+        state.bodies[("team", "signer")] = handlers.slim_body(body)
+        task = handlers._start_scheduled_pass(state, ("team", "signer"))
+        if task is not None:
+            await task
+        return task is not None
+
+    assert asyncio.run(started([])) is False, "a pass could write to Vault before kopf guards the deletion"
+    assert asyncio.run(started([handlers.FINALIZER])) is True
 
 
 def test_a_pass_waiting_for_rsa_lends_its_slot_and_takes_it_back():
@@ -213,6 +246,7 @@ def test_the_slim_body_keeps_what_a_pass_needs_and_drops_the_rest():
     digest = rotate_request_digest("r" * 200_000)
     assert slim == {"apiVersion": "servicekey.io/v1alpha1", "kind": "ServiceKey",
                     "metadata": {"namespace": "team", "name": "signer", "uid": "u1", "generation": 3,
+                                 "finalizers": ["servicekey.io/finalizer"],
                                  "annotations": {"servicekey.io/rotate": digest,
                                                  "servicekey.io/adopt-namespace-uid": "old-uid"}},
                     "spec": {"algorithm": "ES256"}, "status": {"keyId": "k1"}}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+from collections.abc import Callable
 
+from servicekey_operator import peering
 from servicekey_operator.errors import KubernetesUnavailable
 from servicekey_operator.peering import PeeringGate, outranked
 
@@ -64,3 +66,34 @@ def test_a_watch_event_opens_the_gate_before_the_next_reading():
         return before, await gate.active()
 
     assert asyncio.run(verdicts()) == (False, True)
+
+
+def test_the_gate_reports_each_change_of_standing_once_and_tells_a_pause_from_a_doubt(monkeypatch):
+    monkeypatch.setattr(peering, "PEERING_READING_SECONDS", 0.0)
+    readings: list[Callable[[], list]] = []
+
+    def read(name: str) -> list:
+        return readings.pop(0)()
+
+    def unreadable() -> list:
+        raise KubernetesUnavailable("reading the kopf peering: API server unreachable")
+
+    now = datetime.datetime.now(datetime.UTC)
+    alone, beaten = (lambda: [{"me": keepalive(5, 0, now=now)}]), (lambda: [{"other": keepalive(9, 0, now=now)}])
+    changes: list[tuple[bool, bool]] = []
+
+    async def run() -> None:
+        gate = PeeringGate(read, "servicekey-operator", "me", 5, on_change=lambda *change: changes.append(change))
+        for reading in (alone, alone, unreadable, beaten, beaten, alone):
+            readings.append(reading)
+            await gate.active()
+        gate.vouch()
+
+    asyncio.run(run())
+    assert changes == [(True, False), (False, False), (False, True), (True, False)]
+
+
+def test_a_standalone_gate_declares_itself_active_once():
+    changes: list[tuple[bool, bool]] = []
+    asyncio.run(PeeringGate(None, None, "me", 5, on_change=lambda *change: changes.append(change)).watch())
+    assert changes == [(True, False)]

@@ -6,7 +6,7 @@ import pytest
 
 from servicekey_operator.config import OperatorConfig, VaultSettings
 from servicekey_operator.errors import InvalidSpec
-from servicekey_operator.spec import desired_key, parse_duration_seconds
+from servicekey_operator.spec import deletion_does_work, desired_key, parse_duration_seconds
 
 CONFIG = OperatorConfig(vault=VaultSettings(addr="http://127.0.0.1:8200", token="t"), path_prefix="servicekeys")
 
@@ -82,3 +82,17 @@ def test_durations_follow_the_crd_grammar(text, seconds):
 def test_durations_beyond_the_crd_bounds_are_invalid(rotation, field):
     with pytest.raises(InvalidSpec, match=field):
         desired_key("ns", "name", "uid", {"rotation": rotation}, {}, CONFIG)
+
+
+@pytest.mark.parametrize(("spec", "status", "needed"), [
+    ({}, {}, False),
+    ({"deletionPolicy": "Retain"}, {}, False),
+    ({"deletionPolicy": "Delete"}, {}, True),
+    ({"publicKey": {"namespaces": ["team-b"]}}, {}, True),
+    ({"publicKey": {"namespaceSelector": {"matchLabels": {"jwks": "yes"}}}}, {}, True),
+    ({"publicKey": {"namespaceSelector": {}}}, {}, True),  # selects every namespace
+    ({"publicKey": {"namespaces": []}}, {}, False),
+    ({}, {"publishedNamespaces": ["team-b"]}, True),  # copies still out there after the spec dropped them
+])
+def test_only_a_deletion_that_does_work_needs_the_finalizer(spec: dict, status: dict, needed: bool):
+    assert deletion_does_work(spec, status) is needed

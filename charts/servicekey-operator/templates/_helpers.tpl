@@ -382,3 +382,21 @@ and may not repeat a name.
     fieldRef:
       fieldPath: metadata.name
 {{- end }}
+
+{{/*
+Labels of the uninstall hook's objects (templates/uninstall-hook.yaml): an app.kubernetes.io/name of their own,
+so that the operator's selector (name + instance), hence its Service, PodDisruptionBudget and NetworkPolicy, never
+takes the hook's pod for an operator pod.
+*/}}
+{{- define "servicekey-operator.uninstall.labels" -}}
+helm.sh/chart: {{ include "servicekey-operator.chart" . }}
+app.kubernetes.io/name: {{ printf "%s-uninstall" (include "servicekey-operator.name" . | trunc 53 | trimSuffix "-") }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: uninstall
+app.kubernetes.io/part-of: servicekey-operator
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
