@@ -1,4 +1,4 @@
-"""Build and cache the real Kubernetes, etcd and Helm binaries (and promtool) from the Go module proxy.
+"""Build and cache the real Kubernetes, etcd and Helm binaries (and promtool and FerretDB) from the Go module proxy.
 
 There is no container runtime and no binary download on the machines this project runs on, only
 the Go module proxy and PyPI. So the test cluster is compiled from source once, keyed by version,
@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,9 @@ CONTAINERD_VERSION = "v2.3.7"
 # promtool checks and unit-tests the chart's alerting rules. Prometheus tags its Go module v0.3MM.P for release
 # 3.MM.P (v0.316.0 is Prometheus 3.16.0).
 PROMETHEUS_VERSION = "v0.316.0"
+# FerretDB (Apache-2.0) is the MongoDB-compatible server the import tests read a ``service_keys`` collection from.
+# v1.x, because it has an SQLite backend (pure Go, modernc.org/sqlite): no second database to run under it.
+FERRETDB_VERSION = "v1.24.2"
 
 KUBERNETES_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kubectl")
 NODE_COMMANDS = ("kubelet", "kube-scheduler", "kube-proxy")
@@ -218,6 +222,41 @@ def _build_promtool(target: Path) -> None:
     staging.rename(target)
 
 
+def _build_ferretdb(target: Path) -> None:
+    # FerretDB's build/version package panics at start unless build/version/version.txt holds the version: its
+    # release builds generate the file (`bin/task gen-version`), the module zip leaves it out, and `go install
+    # ...@version` or a wrapper module would build without it (the check looks at the main package's module, so
+    # a wrapper does not avoid it). So: the module's zip from the proxy, unpacked, the file written with the tag
+    # (and commit.txt with the tag's commit, which the proxy records), then `go build` in it. Default build tags:
+    # the sqlite handler is among them, as in FerretDB's released binaries.
+    work = cache_dir() / "build" / f"ferretdb-{FERRETDB_VERSION}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    module = "github.com/FerretDB/FerretDB"
+    info = json.loads(_run_go(["mod", "download", "-json", f"{module}@{FERRETDB_VERSION}"], work,
+                              f"ferretdb {FERRETDB_VERSION} module"))
+    source = work / "src"
+    prefix = f"{info['Path']}@{info['Version']}/"  # every name in a module zip starts with module@version/
+    with zipfile.ZipFile(info["Zip"]) as archive:
+        for member in archive.infolist():
+            if member.is_dir() or not member.filename.startswith(prefix):
+                continue
+            destination = source / member.filename.removeprefix(prefix)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.write_bytes(archive.read(member))
+    version_dir = source / "build" / "version"
+    (version_dir / "version.txt").write_text(FERRETDB_VERSION + "\n")
+    commit = info.get("Origin", {}).get("Hash")
+    if commit:
+        (version_dir / "commit.txt").write_text(commit + "\n")
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    _run_go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(staging / "ferretdb"), "./cmd/ferretdb"],
+            source, f"ferretdb {FERRETDB_VERSION}")
+    staging.rename(target)
+
+
 def _cached(name: str, build: Callable[[Path], None]) -> Path:
     target = cache_dir() / "bin" / name
     if not target.is_dir():
@@ -260,6 +299,11 @@ def ensure_node_binaries() -> NodeBinaries:
 def ensure_promtool() -> Path:
     """Return promtool (for the chart's alerting rules), building it if the cache lacks it."""
     return _cached(f"promtool-{PROMETHEUS_VERSION}", _build_promtool) / "promtool"
+
+
+def ensure_ferretdb() -> Path:
+    """Return the ferretdb server (for the import tests' MongoDB source), building it if the cache lacks it."""
+    return _cached(f"ferretdb-{FERRETDB_VERSION}", _build_ferretdb) / "ferretdb"
 
 
 def ensure_binaries() -> Binaries:

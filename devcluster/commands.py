@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 
-from devcluster.binaries import ensure_binaries, ensure_node_binaries, ensure_promtool
+from devcluster.binaries import ensure_binaries, ensure_ferretdb, ensure_node_binaries, ensure_promtool
 from devcluster.chart import RELEASE_NAMESPACE, install_operator_pod
 from devcluster.environment import DevEnvironment
 from devcluster.examples import deploy_examples, manifests
@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     """Carry out one sub-command."""
     parser = argparse.ArgumentParser(prog="python3 -m devcluster", description=__doc__)
     parser.add_argument("command", choices=["build", "up", "demo"],
-                        help="build: compile and cache the binaries (the node's and promtool too); up: start and wait; "
-                             "demo: the full demo")
+                        help="build: compile and cache the binaries (the node's, promtool and FerretDB too); up: "
+                             "start and wait; demo: the full demo")
     parser.add_argument("--node", action="store_true",
                         help="up: also start the node (containerd, kubelet, scheduler, kube-proxy) with the images")
     args = parser.parse_args(argv)
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(ensure_binaries())
         print(ensure_node_binaries())
         print(ensure_promtool())
+        print(ensure_ferretdb())
         return 0
     with DevEnvironment() as env:
         env.install_crds()

@@ -20,6 +20,9 @@ command -v ip >/dev/null || need_debian+=(iproute2)
 command -v node >/dev/null || need_debian+=(nodejs)
 command -v npm >/dev/null || need_debian+=(npm)
 [[ -x /usr/lib/cni/bridge ]] || need_debian+=(containernetworking-plugins)
+# The import tests' coordinator databases (devcluster/databases.py): real servers, started on loopback by the tests.
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need_debian+=(postgresql)
+[[ -x /usr/sbin/mariadbd ]] || need_debian+=(mariadb-server)
 if ((${#need_debian[@]})); then
   echo "==> apt-get install ${need_debian[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_debian[@]}"
@@ -31,5 +34,5 @@ python3 -m pip install --disable-pip-version-check --root-user-action=ignore -q 
 echo "==> npm install jose (pinned in devcluster/npm.py) into the cache, outside the repo"
 python3 -c 'from devcluster.npm import install_jose; print(install_jose())'
 
-echo "==> building/caching the cluster binaries and promtool (first run: about 10 minutes on 2 cores)"
+echo "==> building/caching the cluster binaries, promtool and FerretDB (first run: about 15 minutes on 2 cores)"
 python3 -m devcluster build

@@ -312,6 +312,47 @@ def _uninstall(args: argparse.Namespace) -> int:
     return 0
 
 
+@_cluster_command("import")
+def _import(args: argparse.Namespace) -> int:
+    import json
+
+    from servicekey_operator.import_rows import CoordinatorRow, plan
+    from servicekey_operator.import_run import Importer
+    from servicekey_operator.import_sources import SourceError, read_rows
+    from servicekey_operator.vault.connection import VaultConnection
+    from servicekey_operator.vault.kv import KvKeyStore
+
+    if not args.namespace and not args.namespace_field:
+        print("import: say where: -n NAMESPACE, or --namespace-field COLUMN", file=sys.stderr)
+        return 2
+    names = dict(entry.split("=", 1) for entry in args.name if "=" in entry)
+    config = _config("import")
+    if config is None:
+        return 2
+    try:
+        raw = read_rows(args.source, table=args.table, query=args.query)
+    except SourceError as failed:
+        print(f"import: {failed}", file=sys.stderr)
+        return 2
+    rows = [CoordinatorRow.from_mapping(row) for row in raw]
+    namespaces = args.namespace or {str(row.get("service_id", row.get("serviceId", ""))): str(row.get(
+        args.namespace_field) or "") for row in raw}
+    api, _ = _kube(args)
+    importer = Importer(api, KvKeyStore(VaultConnection(config.vault)), config.kv_mount, config.path_prefix)
+    report = importer.run(plan(rows, namespaces, names), len(rows), dry_run=args.dry_run, now=_now())
+    if args.output == "json":
+        print(json.dumps(report.as_document(), indent=2))
+    else:
+        for key in report.keys:
+            print(f"{key.outcome:<10} {key.namespace}/{key.name} (service {key.service_id}, kid {key.kid})"
+                  + (f": {key.message}" if key.message else ""))
+        for error in report.errors:
+            print(f"{'refused':<10} service {error.service_id or '<none>'}: {error.reason}: {error.message}")
+        counts = report.as_document()["counts"]
+        print(f"{len(rows)} rows: " + ", ".join(f"{count} {word}" for word, count in sorted(counts.items())))
+    return 0 if report.clean else 1
+
+
 def _version(_: argparse.Namespace) -> int:
     print(f"servicekey-operator {package_version()}")
     return 0
@@ -438,6 +479,36 @@ def parser() -> argparse.ArgumentParser:
                            help=f"how long to wait for the drain, or for the finalizers to stay off (default "
                                 f"{DEFAULT_DRAIN_TIMEOUT:.0f}s)")
     uninstall.set_defaults(func=_uninstall)
+    importing = commands.add_parser(
+        "import", parents=[_kube_options(namespaced=False)],
+        help="import the keys of a coordinator's service_keys table or dump, unchanged",
+        description="Read a coordinator's keys (SOURCE: a postgresql://, mysql://, mariadb:// or mongodb:// URL, or "
+                    "a .json/.ndjson dump of {serviceId, serviceName, publicKey, privateKey, algorithm, keySize}), "
+                    "check each row (the private key parses, the public key is its half, algorithm and size agree), "
+                    "write each valid key as version 1 of its ServiceKey's Vault secret (check-and-set: never over an "
+                    "existing secret) and create the ServiceKey (deletionPolicy Retain), which the operator adopts "
+                    "with the same key; the service id is published as a legacy kid of the key. Rows that fail are "
+                    "reported with their reason. Running it again changes nothing. Vault settings as for the operator "
+                    "(VAULT_ADDR, VAULT_TOKEN, SERVICEKEY_KV_MOUNT, SERVICEKEY_PATH_PREFIX). Exit 0 when every row "
+                    "is imported or already there, 1 when some are refused or in conflict, 2 when a source, the "
+                    "cluster or the settings cannot be read.")
+    importing.add_argument("source",
+                           help="postgresql://, mysql://, mariadb://, mongodb:// URL, or a .json / .ndjson file")
+    importing.add_argument("-n", "--namespace", help="the namespace of every ServiceKey")
+    importing.add_argument("--namespace-field", metavar="COLUMN",
+                           help="the column (or dump field) that names each row's namespace, instead of -n")
+    importing.add_argument("--name", action="append", default=[], metavar="SERVICE_ID=NAME",
+                           help="the ServiceKey name for a service id (repeatable); by default the id lower-cased, "
+                                "with '_' and '.' as '-'")
+    importing.add_argument("--table", default="service_keys", help="the table to read (default service_keys)")
+    importing.add_argument("--query", help="the SELECT to read the rows with, instead of the whole table; for "
+                                          "mongodb://, a JSON filter document (Extended JSON), e.g. "
+                                          "'{\"algorithm\": \"ES256\"}', instead of every document of the "
+                                          "--table collection")
+    importing.add_argument("--dry-run", action="store_true",
+                           help="check and print the plan; write nothing to Vault or Kubernetes")
+    importing.add_argument("-o", "--output", choices=("json",), help="json: the report as a JSON document")
+    importing.set_defaults(func=_import)
     commands.add_parser("version", help="print the version of this command").set_defaults(func=_version)
     completion = commands.add_parser(
         "completion", help="print a shell completion script",

@@ -64,6 +64,7 @@ from servicekey_operator.vault.records import (
     DELETION_POLICY_METADATA_KEY,
     OWNER_METADATA_KEY,
     live_versions,
+    newest_version_of,
 )
 
 __all__ = [
@@ -178,6 +179,7 @@ class VaultKey:
     key_size: str = ""
     rotate_annotation: str = ""
     rotation_reason: str = ""
+    legacy_kids: tuple[str, ...] = ()
 
     @classmethod
     def from_data(cls, version: int, data: Mapping[str, Any]) -> VaultKey:
@@ -190,7 +192,8 @@ class VaultKey:
                    transit_mount=data.get("transit_mount") or None, owner=data.get("owner") or None,
                    owner_namespace_uid=data.get("owner_namespace_uid") or None,
                    key_size=str(data.get("key_size") or ""), rotate_annotation=str(data.get("rotate_annotation") or ""),
-                   rotation_reason=str(data.get("rotation_reason") or ""))
+                   rotation_reason=str(data.get("rotation_reason") or ""),
+                   legacy_kids=tuple(kid for kid in str(data.get("legacy_kids") or "").split(",") if kid))
 
     @property
     def asked_for(self) -> tuple[str, str, bool, str]:
@@ -228,17 +231,24 @@ class KeyRecord:
 
 
 def expected_jwks_kids(record: KeyRecord, retain_previous: int) -> list[str]:
-    """What the JWKS must list, in order: current, pending (if any), then the retained previous keys."""
+    """What the JWKS must list, in order: current, pending (if any), then the retained previous keys; each key
+    followed by its legacy kids (an imported key's kids of before)."""
     current = record.current
     if current is None:
         return []
-    kids = [current.kid]
-    if record.pending is not None and record.pending.kid not in kids:
-        kids.append(record.pending.kid)
-    for key in record.versions[1:retain_previous + 1]:
-        if key.kid not in kids:
-            kids.append(key.kid)
+    keys = [current, *([record.pending] if record.pending else []), *record.versions[1:retain_previous + 1]]
+    kids: list[str] = []
+    for key in keys:
+        for kid in (key.kid, *key.legacy_kids):
+            if kid not in kids:
+                kids.append(kid)
     return kids
+
+
+def legacy_aliases(record: KeyRecord) -> dict[str, str]:
+    """Legacy kid -> the kid of the key it names, for every key of the record."""
+    keys = [*record.versions, *([record.pending] if record.pending else [])]
+    return {alias: key.kid for key in keys for alias in key.legacy_kids}
 
 
 def _kid_of(public_pem: str) -> str | None:
@@ -312,8 +322,8 @@ def foreign_transit_violations(record: KeyRecord) -> list[Violation]:
     if current is None or not current.transit_key:
         return []
     keys = (*record.versions, *([record.pending] if record.pending else []))
-    named = max(key.transit_version or 0 for key in keys if key.transit_key == current.transit_key)
-    newest = max((number for name, number in record.transit_public if name == current.transit_key), default=0)
+    named = newest_version_of(current.transit_key, ((key.transit_key, key.transit_version) for key in keys))
+    newest = newest_version_of(current.transit_key, record.transit_public)
     if newest <= named:
         return []
     return [Violation(9, FOREIGN_TRANSIT_VERSION, "VaultSecret", record.location,
@@ -349,7 +359,7 @@ def _parse_jwks(text: str | None) -> list[Mapping[str, Any]] | None:
     return entries
 
 
-def _jwk_problems(jwk: Mapping[str, Any], expected: Mapping[str, VaultKey]) -> list[str]:
+def _jwk_problems(jwk: Mapping[str, Any], expected: Mapping[str, VaultKey], aliases: Mapping[str, str]) -> list[str]:
     kid = jwk.get("kid")
     problems = [f"JWK {kid} lacks {member!r}" for member in ("kid", "kty", "alg") if not jwk.get(member)]
     if jwk.get("use") != "sig":
@@ -358,9 +368,9 @@ def _jwk_problems(jwk: Mapping[str, Any], expected: Mapping[str, VaultKey]) -> l
         thumbprint = keys.jwk_thumbprint({name: str(value) for name, value in jwk.items()})
     except keys.KeySpecError:
         thumbprint = None
-    if kid and thumbprint != kid:
+    if kid and thumbprint != aliases.get(str(kid), kid):
         problems.append(f"JWK {kid}: its public parameters do not have that kid (thumbprint {thumbprint})")
-    stored = expected.get(str(kid))
+    stored = expected.get(aliases.get(str(kid), str(kid)))
     if stored is not None and jwk.get("alg") != stored.algorithm:
         problems.append(f"JWK {kid} says alg {jwk.get('alg')!r}, Vault's key is {stored.algorithm}")
     return problems
@@ -403,9 +413,13 @@ def configmap_violations(configmap_ref: str, data: Mapping[str, str] | None, rec
     by_kid = {key.kid: key for key in record.versions}
     if record.pending is not None:
         by_kid.setdefault(record.pending.kid, record.pending)
+    aliases = legacy_aliases(record)
     for kid in expected:
-        roles.setdefault(kid, f"retained key {kid} (version {by_kid[kid].version}, within retainPrevious "
-                              f"{retain_previous})")
+        if kid in aliases:
+            roles.setdefault(kid, f"legacy kid {kid} of key {aliases[kid]}")
+        else:
+            roles.setdefault(kid, f"retained key {kid} (version {by_kid[kid].version}, within retainPrevious "
+                                  f"{retain_previous})")
 
     def jwks_problem(detail: str) -> None:
         found.append(Violation(3, JWKS_MISMATCH, "ConfigMap", configmap_ref, detail))
@@ -424,7 +438,7 @@ def configmap_violations(configmap_ref: str, data: Mapping[str, str] | None, rec
         jwks_problem(f"jwks.json order is {kids}, expected {expected} (current first, then pending, then the "
                      "retained keys newest first)")
     for jwk in jwks:
-        for problem in _jwk_problems(jwk, by_kid):
+        for problem in _jwk_problems(jwk, by_kid, aliases):
             jwks_problem(problem)
     return found
 

@@ -46,7 +46,8 @@ def configmap_data(history: KeyHistory, retain_previous: int) -> dict[str, str]:
         raise ValueError("no current key to publish")
     # Fixed member order and formatting: equal keys give byte-equal output, so an unchanged key never causes a
     # ConfigMap write.
-    jwks = json.dumps(jwk_set([(key.public_pem, key.algorithm) for key in keys]), indent=2) + "\n"
+    aliases = {key.kid: key.legacy_kids for key in keys if key.legacy_kids}
+    jwks = json.dumps(jwk_set([(key.public_pem, key.algorithm) for key in keys], aliases), indent=2) + "\n"
     # A kid is base64url: always a valid ConfigMap key.
     pems = {f"{key.kid}.pem": key.public_pem for key in keys}
     return {"public.pem": keys[0].public_pem, "jwks.json": jwks, "jwks": jwks, "kid": keys[0].kid, **pems}

@@ -11,7 +11,7 @@ import datetime
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -174,6 +174,8 @@ class Published:
 
     kids: tuple[str, ...] = ()
     problem: str | None = None
+    # Legacy kid -> the kid of the key it repeats (an imported key's kids of before).
+    aliases: Mapping[str, str] = field(default_factory=dict)
 
 
 def published_kids(configmap: Mapping[str, Any] | None, problem: str | None = None) -> Published:
@@ -189,7 +191,17 @@ def published_kids(configmap: Mapping[str, Any] | None, problem: str | None = No
         keys = json.loads(text).get("keys") or []
     except (ValueError, AttributeError):
         return Published(problem="its jwks.json is not a JWK Set")
-    return Published(kids=tuple(str(key.get("kid")) for key in keys if isinstance(key, Mapping)))
+    jwks = [key for key in keys if isinstance(key, Mapping)]
+    first_of: dict[str, str] = {}
+    aliases = {}
+    for jwk in jwks:
+        parameters = json.dumps({name: value for name, value in jwk.items() if name != "kid"}, sort_keys=True)
+        kid = str(jwk.get("kid"))
+        if parameters in first_of and jwk.get("kty"):
+            aliases[kid] = first_of[parameters]
+        else:
+            first_of[parameters] = kid
+    return Published(kids=tuple(str(jwk.get("kid")) for jwk in jwks), aliases=aliases)
 
 
 def _event_time(event: Mapping[str, Any]) -> str | None:
@@ -247,6 +259,8 @@ def key_rows(status: Mapping[str, Any], published: Published, now: datetime.date
         if kid == pending:
             return [kid, f"pending{unlisted}", f"signs from {_when(activation, now)}" if activation else
                     "does not sign yet"]
+        if kid in published.aliases:
+            return [kid, "legacy kid", f"of {published.aliases[kid]}"]
         return [kid, "retained", ""]
 
     kids = [kid for kid in (current, pending) if kid and kid not in published.kids]

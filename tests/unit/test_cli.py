@@ -193,6 +193,15 @@ def test_a_key_listed_in_status_but_not_yet_in_jwks_is_marked():
     assert [row[:2] for row in rows] == [[PENDING, "pending, not in jwks.json"], [CURRENT, "signing"]]
 
 
+def test_an_imported_keys_legacy_kid_is_shown_as_such():
+    jwk = {"kty": "OKP", "crv": "Ed25519", "x": "abc", "alg": "EdDSA", "use": "sig"}
+    jwks = {"keys": [{**jwk, "kid": CURRENT}, {**jwk, "kid": "svc-0001"}]}
+    rows = status_view.key_rows(_status(pending=False), status_view.published_kids(
+        {"data": {"jwks.json": json.dumps(jwks)}}), NOW)
+
+    assert rows[1] == ["svc-0001", "legacy kid", f"of {CURRENT}"]
+
+
 def test_json_and_yaml_show_the_object_or_a_list_without_managed_fields():
     obj = _key("api", _status(pending=False), managedFields=[{"manager": "kopf"}])
 

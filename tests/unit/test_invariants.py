@@ -499,3 +499,19 @@ def test_a_servicekey_without_a_ready_condition_is_reported_after_the_grace_peri
     assert [v.check for v in invariants.status_violations(servicekey, created + datetime.timedelta(seconds=121))] \
         == ["MissingStatus"]
     assert invariants.status_violations(ready, created + datetime.timedelta(days=1)) == []
+
+
+def test_an_imported_keys_legacy_kid_follows_it_in_the_jwks_and_leaves_with_it():
+    imported = dataclasses.replace(V1, legacy_kids=("svc-0001",))
+    record = _record(imported, V2)
+    jwks = keys.jwk_set([(V2.public_pem, V2.algorithm), (imported.public_pem, imported.algorithm)],
+                        {imported.kid: imported.legacy_kids})
+    data = {"public.pem": V2.public_pem, "jwks.json": json.dumps(jwks), "kid": V2.kid}
+
+    assert invariants.expected_jwks_kids(record, 1) == [V2.kid, imported.kid, "svc-0001"]
+    assert invariants.configmap_violations("ns/cm", data, record, 1) == []
+    assert invariants.expected_jwks_kids(record, 0) == [V2.kid], "the alias goes when its key does"
+
+    jwks["keys"][2] = {**jwks["keys"][0], "kid": "svc-0001"}  # the legacy kid on another key's parameters
+    found = invariants.configmap_violations("ns/cm", {**data, "jwks.json": json.dumps(jwks)}, record, 1)
+    assert _checks(found) == [(3, invariants.JWKS_MISMATCH)] and "thumbprint" in found[0].detail

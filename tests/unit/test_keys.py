@@ -415,3 +415,28 @@ def test_openssl_accepts_the_public_pem(keypairs_by_algorithm, tmp_path: Path, a
     )
 
     assert result.returncode == 0, expected_vs_seen("exit 0", (result.returncode, result.stderr))
+
+
+def test_jwk_set_lists_a_keys_aliases_right_after_it_each_once(keypairs_by_algorithm):
+    first, second = keypairs_by_algorithm["ES256"], keypairs_by_algorithm["RS256"]
+    entries = [(first.public_pem, "ES256"), (second.public_pem, "RS256")]
+
+    listed = jwk_set(entries, {second.kid: ("svc-7", "svc-7", first.kid)})["keys"]
+
+    assert [key["kid"] for key in listed] == [first.kid, second.kid, "svc-7"]
+    assert {**listed[2], "kid": second.kid} == listed[1], "an alias is the same key under another kid"
+
+
+@pytest.mark.parametrize("tampered", ["d", "dmp1", "iqmp"])
+def test_a_private_key_whose_numbers_do_not_fit_together_is_refused(tampered):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    numbers = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_numbers()
+    values = {name: getattr(numbers, name) for name in ("p", "q", "d", "dmp1", "dmq1", "iqmp")}
+    values[tampered] += 2  # OpenSSL signs correctly with either d or the CRT values: each must be checked
+    pem = rsa.RSAPrivateNumbers(**values, public_numbers=numbers.public_numbers).private_key(
+        unsafe_skip_rsa_key_validation=True).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+
+    with pytest.raises(ValueError, match="inconsistent RSA private key"):
+        public_pem_from_private(pem)

@@ -80,6 +80,7 @@ def _stored_key(version: int, data: dict[str, str]) -> StoredKey:
         rotation_reason=data.get("rotation_reason", ""),
         activate_at=parse_time(activate_at) if activate_at else None, transit=transit,
         owner=_recorded_owner(data), private_pem=data.get("private_key", ""),
+        legacy_kids=tuple(kid for kid in data.get("legacy_kids", "").split(",") if kid),
     )
 
 
@@ -281,15 +282,19 @@ class KvKeyStore:
 
     def write(self, mount: str, path: str, keypair: KeyPair, *, owner: Owner, service_name: str,
               rotate_annotation: str | None, rotation_reason: str, created_at: datetime.datetime,
-              expected_version: int, transit: TransitRef | None = None) -> StoredKey:
+              expected_version: int, transit: TransitRef | None = None,
+              legacy_kids: tuple[str, ...] = ()) -> StoredKey:
         """Write a new key version, naming ``owner``, if the current version is still ``expected_version``
         (check-and-set).
 
-        ``transit`` records a Transit key instead of the private key itself. Raises VaultWriteConflict
-        when another writer got there first.
+        ``transit`` records a Transit key instead of the private key itself; ``legacy_kids`` (an imported key's
+        kids of before, no commas) are published as aliases of it. Raises VaultWriteConflict when another writer
+        got there first.
         """
         self.check_mount(mount, path, trusted_for=WRITE_MOUNT_CHECK_SECONDS)
         data = _secret_data(keypair, owner, service_name, rotate_annotation, rotation_reason, created_at, transit)
+        if legacy_kids:
+            data["legacy_kids"] = ",".join(legacy_kids)
         with vault_call("write_version", f"writing {mount}/{path}"):
             reply = self._kv.create_or_update_secret(path=path, secret=data, cas=expected_version,
                                                      mount_point=mount)

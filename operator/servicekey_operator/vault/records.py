@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from servicekey_operator.errors import InvalidSpec
@@ -83,6 +83,9 @@ class StoredKey:
     pending_revision: int = 0
     owner: RecordedOwner = field(default_factory=RecordedOwner)
     private_pem: str = field(default="", repr=False)
+    # Kids the key had before it was imported (``servicekey-operator import``): the JWKS lists it under those too,
+    # for as long as it lists the key.
+    legacy_kids: tuple[str, ...] = ()
 
     @property
     def engine(self) -> str:
@@ -126,8 +129,13 @@ class KeyHistory:
         """The newest version of the Transit key ``key_name`` that the current, retained or pending key names
         (0: none)."""
         keys = (self.current, *self.previous, self.pending)
-        return max((key.transit.version for key in keys if key and key.transit and key.transit.key_name == key_name),
-                   default=0)
+        return newest_version_of(key_name, ((key.transit.key_name, key.transit.version)
+                                            for key in keys if key and key.transit))
+
+
+def newest_version_of(key_name: str, versions: Iterable[tuple[str | None, int | None]]) -> int:
+    """The newest version of the Transit key ``key_name`` among (key name, version) pairs (0: none)."""
+    return max((version or 0 for name, version in versions if name == key_name), default=0)
 
 
 def parse_transit_claims(text: str | None) -> frozenset[TransitClaim]:

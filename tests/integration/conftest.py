@@ -1,0 +1,59 @@
+"""Fixtures of the integration suite beyond the shared ones (tests/conftest.py): the coordinator databases that
+``servicekey-operator import`` reads, and the rows to seed them with (tests/service_keys_table.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import pytest
+
+from devcluster.databases import FerretDBServer, MariaDBServer, PostgreSQLServer
+from devcluster.process import StartError
+from tests.service_keys_table import CoordinatorRow, rows
+
+Server = TypeVar("Server", PostgreSQLServer, MariaDBServer, FerretDBServer)
+
+
+def _started(make: Callable[[], Server]) -> Server:
+    """The server, started; a server that is missing or does not start fails the test, never skips it."""
+    try:
+        return make().start()
+    except StartError as failed:
+        message = str(failed)
+    # Outside the except block, so the report shows the server's message and log tail, not a chained traceback.
+    pytest.fail(message, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def postgresql_server() -> Iterator[PostgreSQLServer]:
+    """A real PostgreSQL (Debian's ``postgresql``) on 127.0.0.1, database ``coordinator`` empty: ``.url`` is
+    ``postgresql://coordinator:<password>@127.0.0.1:<port>/coordinator``. Stopped and removed after the session."""
+    server = _started(PostgreSQLServer)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[MariaDBServer]:
+    """A real MariaDB (Debian's ``mariadb-server``) on 127.0.0.1, database ``coordinator`` empty: ``.url`` is
+    ``mysql://coordinator:<password>@127.0.0.1:<port>/coordinator``. Stopped and removed after the session."""
+    server = _started(MariaDBServer)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ferretdb_server() -> Iterator[FerretDBServer]:
+    """A real FerretDB (MongoDB-compatible, SQLite backend, built by ``python3 -m devcluster build``) on 127.0.0.1,
+    database ``coordinator`` empty: ``.url`` is ``mongodb://127.0.0.1:<port>/coordinator`` (no authentication).
+    Stopped and removed after the session."""
+    server = _started(FerretDBServer)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def coordinator_rows() -> list[CoordinatorRow]:
+    """The coordinator's 500 rows (``rows()``): the same on every run, from the cache after the first."""
+    return rows(500)
