@@ -322,10 +322,13 @@ def _import(args: argparse.Namespace) -> int:
     from servicekey_operator.vault.connection import VaultConnection
     from servicekey_operator.vault.kv import KvKeyStore
 
-    if not args.namespace and not args.namespace_field:
-        print("import: say where: -n NAMESPACE, or --namespace-field COLUMN", file=sys.stderr)
+    if bool(args.namespace) == bool(args.namespace_field):
+        print("import: say where, once: -n NAMESPACE, or --namespace-field COLUMN", file=sys.stderr)
         return 2
-    names = dict(entry.split("=", 1) for entry in args.name if "=" in entry)
+    if any("=" not in entry for entry in args.name):
+        print("import: --name takes SERVICE_ID=NAME", file=sys.stderr)
+        return 2
+    names = dict(entry.split("=", 1) for entry in args.name)
     config = _config("import")
     if config is None:
         return 2

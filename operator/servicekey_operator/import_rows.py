@@ -19,9 +19,11 @@ from servicekey_operator.keys import (
     ALGORITHMS,
     KeySpecError,
     check_matches_algorithm,
+    effective_key_size,
     is_rsa,
     kid_for,
     public_pem_from_private,
+    rsa_modulus_bits,
 )
 
 # A ServiceKey name is a DNS-1123 label here (its ConfigMap adds "-public", Transit key names embed it): at most
@@ -49,15 +51,23 @@ class CoordinatorRow:
     def from_mapping(cls, row: Mapping[str, Any]) -> CoordinatorRow:
         """From a table row (column names) or a dump entry (``serviceId``...): missing fields are None."""
         named = {DUMP_FIELDS.get(key, key): value for key, value in row.items()}
-        key_size = named.get("key_size")
-        return cls(service_id=str(named.get("service_id") or ""), service_name=_text(named.get("service_name")),
+        return cls(service_id=_text(named.get("service_id")) or "", service_name=_text(named.get("service_name")),
                    public_key=_text(named.get("public_key")), private_key=_text(named.get("private_key")),
-                   algorithm=_text(named.get("algorithm")),
-                   key_size=int(key_size) if isinstance(key_size, int | str) and str(key_size).isdigit() else None)
+                   algorithm=_text(named.get("algorithm")), key_size=_size(named.get("key_size")))
 
 
 def _text(value: Any) -> str | None:
-    return value.decode() if isinstance(value, bytes) else (str(value) if value is not None else None)
+    # Bytes that are no UTF-8 cannot be a PEM anyway: the row is then refused for its key, not the run for its text.
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else (str(value) if value is not None else None)
+
+
+def _size(value: Any) -> int | None:
+    """A key size as a table or a dump may hold it (2048, "2048", 2048.0, Decimal); None when it says none."""
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() and number > 0 else None
 
 
 @dataclass(frozen=True)
@@ -125,17 +135,19 @@ def check_row(row: CoordinatorRow, namespace: str, name: str) -> ImportedKey | R
     kid = kid_for(derived)
     if stored_kid != kid:
         return refused("KeyMismatch", f"the public key (kid {stored_kid}) is not the private key's (kid {kid})")
-    # The table's key_size defaults to 2048 for every row; only RSA keys have a size of their own choosing.
-    key_size = row.key_size if is_rsa(algorithm) else None
+    # The table's key_size defaults to 2048 for every row; only RSA keys have a size of their own choosing, and a
+    # row that names none has its key's (the spec and the record then say it, so the operator does not rotate).
+    key_size = (row.key_size or rsa_modulus_bits(derived)) if is_rsa(algorithm) else None
     try:
+        key_size = effective_key_size(algorithm, key_size)
         check_matches_algorithm(derived, algorithm, key_size)
     except KeySpecError as bad:
         return refused("KeyAlgorithmMismatch", str(bad))
+    # A comma cannot be in a legacy kid (the record lists them comma-separated); such an id is no kid anyway.
+    legacy = row.service_id if row.service_id != kid and "," not in row.service_id else None
     return ImportedKey(service_id=row.service_id, namespace=namespace, name=name,
-                       service_name=row.service_name or row.service_id, algorithm=algorithm,
-                       key_size=key_size if is_rsa(algorithm) else None, public_pem=derived,
-                       private_pem=row.private_key, kid=kid,
-                       legacy_kid=row.service_id if row.service_id != kid else None)
+                       service_name=row.service_name or row.service_id, algorithm=algorithm, key_size=key_size,
+                       public_pem=derived, private_pem=row.private_key, kid=kid, legacy_kid=legacy)
 
 
 def plan(rows: Iterable[CoordinatorRow], namespace_of: Mapping[str, str] | str,
@@ -164,15 +176,17 @@ def plan(rows: Iterable[CoordinatorRow], namespace_of: Mapping[str, str] | str,
             errors.append(RowError(row.service_id, "DuplicateServiceId",
                                    f"service_id {row.service_id!r} appears {ids[row.service_id]} times"))
         elif name is None:
-            errors.append(RowError(row.service_id, "InvalidName", f"service_id {row.service_id!r} gives no valid "
-                                   "ServiceKey name (lower-case letters, digits and '-', at most 63)"))
+            given = (names or {}).get(row.service_id)
+            what = f"the name {given!r} given with --name" if given else f"service_id {row.service_id!r}"
+            errors.append(RowError(row.service_id, "InvalidName", f"{what} is no valid ServiceKey name (lower-case "
+                                   "letters, digits and '-', at most 63; choose one with --name SERVICE_ID=NAME)"))
         elif not namespace:
             errors.append(RowError(row.service_id, "NoNamespace", "no target namespace for this row"))
         elif taken[(namespace, name)] > 1:
             others = sorted(other.service_id for other, ns, n in placed
                             if (ns, n) == (namespace, name) and other is not row)
-            errors.append(RowError(row.service_id, "NameCollision", f"ServiceKey {namespace}/{name} would also be "
-                                   f"made from {', '.join(map(repr, others))}; rename one (--name-map)"))
+            errors.append(RowError(row.service_id, "NameCollision", f"ServiceKey {namespace}/{name} would also be made "
+                                   f"from {', '.join(map(repr, others))}; name them apart with --name SERVICE_ID=NAME"))
         else:
             checked = check_row(row, namespace, name)
             if isinstance(checked, ImportedKey):

@@ -17,13 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pykube
+import requests
 
 from servicekey_operator.errors import ServiceKeyError, VaultPathConflict, VaultWriteConflict
 from servicekey_operator.import_rows import NAME, ImportedKey, ImportPlan, RowError
 from servicekey_operator.keys import KeyPair
 from servicekey_operator.rotation_request import API_GROUP, API_VERSION, ServiceKeyObject
-from servicekey_operator.vault.kv import KvKeyStore
+from servicekey_operator.vault.kv import KV_MAX_VERSIONS, KvKeyStore
 from servicekey_operator.vault.ownership import Owner
+from servicekey_operator.vault.records import record_metadata
 
 # The reason recorded with the imported version (``rotation_reason``), next to the operator's own.
 IMPORTED = "Imported"
@@ -109,18 +111,20 @@ class Importer:
         def outcome(word: str, message: str = "") -> KeyOutcome:
             return KeyOutcome(key.service_id, key.namespace, key.name, key.kid, word, message)
 
-        namespace_uid = self._namespace_uid(key.namespace)
-        if namespace_uid is None:
-            return outcome("conflict", f"namespace {key.namespace} does not exist")
         path = f"{self.path_prefix}/{key.namespace}/{key.name}"
         where = f"{self.kv_mount}/{path}"
-        # The ServiceKey's own uid is not known before it exists; the namespace's uid and its name decide
-        # ownership (``ownership``), so the operator adopts the key.
-        owner = Owner(key.namespace, key.name, namespace_uid, uid="")
         try:
-            history = self.store.read(self.kv_mount, path, owner, 0, with_pending=False)
+            namespace_uid = self._namespace_uid(key.namespace)
+            if namespace_uid is None:
+                return outcome("conflict", f"namespace {key.namespace} does not exist")
+            # The ServiceKey's own uid is not known before it exists; the namespace's uid and its name decide
+            # ownership (``ownership``), so the operator adopts the key.
+            owner = Owner(key.namespace, key.name, namespace_uid, uid="")
+            history = self.store.read(self.kv_mount, path, owner, KV_MAX_VERSIONS, with_pending=False)
             existing = ServiceKeyObject.objects(self.api, namespace=key.namespace).get_or_none(name=key.name)
             if history.current is not None and history.current.kid != key.kid:
+                if existing is not None and any(old.kid == key.kid for old in history.previous):
+                    return outcome("unchanged", "imported before, and rotated since")
                 return outcome("conflict", f"{where} already holds another key ({history.current.kid}); "
                                            "it is left untouched")
             if history.current is None and history.current_version:
@@ -137,6 +141,9 @@ class Importer:
                 self.store.write(self.kv_mount, path, keypair, owner=owner, service_name=key.service_name,
                                  rotate_annotation=None, rotation_reason=IMPORTED, created_at=now,
                                  expected_version=0, legacy_kids=(key.legacy_kid,) if key.legacy_kid else ())
+                # The operator's mirror of the owner (and max_versions), at once: should the ServiceKey never be
+                # created, the secret still says whose it is, and the invariant checker sees it orphaned.
+                self.store.write_metadata(self.kv_mount, path, record_metadata(owner, "Retain", frozenset(), None))
             if existing is None:
                 ServiceKeyObject(self.api, servicekey_body(key)).create()
                 return outcome("imported")
@@ -149,3 +156,5 @@ class Importer:
             return outcome("failed", f"{failed.reason}: {failed}")
         except pykube.exceptions.HTTPError as refused:
             return outcome("failed", f"Error from server ({refused.code}): {refused}")
+        except (pykube.PyKubeError, requests.RequestException) as unreachable:
+            return outcome("failed", f"the API server: {type(unreachable).__name__}: {unreachable}")

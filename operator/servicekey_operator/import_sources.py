@@ -16,6 +16,7 @@ from typing import Any
 # A table name as the options accept it: an identifier, optionally schema-qualified; quoted by each driver.
 TABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
 POSTGRESQL_SCHEMES = ("postgresql", "postgres")
+MYSQL_TLS_OPTIONS = frozenset({"ssl_ca", "ssl_cert", "ssl_key", "ssl_verify_identity"})
 MYSQL_SCHEMES = ("mysql", "mariadb")
 MONGODB_SCHEMES = ("mongodb",)
 
@@ -30,8 +31,19 @@ def read_rows(source: str, *, table: str = "service_keys", query: str | None = N
     database that matches ``query`` (a JSON filter document: MongoDB Extended JSON, so ``{"$date": ...}`` works),
     without ``_id``; or the path of a ``.json`` (a list, or an object of entries) / ``.ndjson`` dump.
 
-    Raises SourceError.
+    Raises SourceError, whose message never holds the URL's password (a driver may quote it).
     """
+    try:
+        return _read(source, table, query)
+    except SourceError as failed:
+        message = str(failed)
+        password = urllib.parse.urlsplit(source).password
+        for secret in {password, urllib.parse.unquote(password or "")} - {None, ""}:
+            message = message.replace(secret, "***")  # type: ignore[arg-type]
+        raise SourceError(message) from None
+
+
+def _read(source: str, table: str, query: str | None) -> list[Mapping[str, Any]]:
     scheme = urllib.parse.urlsplit(source).scheme
     if not TABLE.fullmatch(table):
         raise SourceError(f"--table {table!r} is not a table name")
@@ -69,13 +81,23 @@ def _mysql(url: str, table: str, query: str | None) -> list[Mapping[str, Any]]:
     except ImportError as missing:
         raise SourceError("reading MySQL/MariaDB needs PyMySQL: pip install 'servicekey-operator[import]'") from missing
     parts = urllib.parse.urlsplit(url)
+    # TLS as PyMySQL takes it; any other option is refused rather than dropped (the rows carry private keys).
+    options = dict(urllib.parse.parse_qsl(parts.query))
+    unknown = set(options) - MYSQL_TLS_OPTIONS
+    if unknown:
+        raise SourceError(f"unsupported option(s) {', '.join(sorted(unknown))} in the mysql:// URL; TLS options: "
+                          f"{', '.join(sorted(MYSQL_TLS_OPTIONS))}")
     statement = query or "SELECT * FROM " + ".".join(f"`{part}`" for part in table.split("."))
     try:
         connection = pymysql.connect(host=parts.hostname or "localhost", port=parts.port or 3306,
                                      user=urllib.parse.unquote(parts.username or ""),
                                      password=urllib.parse.unquote(parts.password or ""),
                                      database=parts.path.lstrip("/") or None, charset="utf8mb4",
-                                     cursorclass=pymysql.cursors.DictCursor, connect_timeout=10)
+                                     cursorclass=pymysql.cursors.DictCursor, connect_timeout=10,
+                                     ssl_ca=options.get("ssl_ca"), ssl_cert=options.get("ssl_cert"),
+                                     ssl_key=options.get("ssl_key"),
+                                     ssl_verify_identity=bool(options.get("ssl_ca"))
+                                     and options.get("ssl_verify_identity", "true") == "true")
         with connection, connection.cursor() as cursor:
             cursor.execute(statement)
             return list(cursor.fetchall())
@@ -139,13 +161,20 @@ def _dump(path: Path) -> list[Mapping[str, Any]]:
         raise SourceError(f"cannot read {path}: {failed.strerror or failed}") from failed
     try:
         if path.suffix in (".ndjson", ".jsonl"):
-            entries: Any = [json.loads(line) for line in text.splitlines() if line.strip()]
+            entries: Any = []
+            for number, line in enumerate(text.splitlines(), start=1):
+                if line.strip():
+                    try:
+                        entries.append(json.loads(line))
+                    except ValueError:  # the position only: a line of the dump may hold a private key
+                        raise SourceError(f"{path} is not valid NDJSON (line {number})") from None
         else:
             entries = json.loads(text)
-    except ValueError as bad:  # the position only: a line of the dump may hold a private key
+    except ValueError as bad:
         raise SourceError(f"{path} is not valid JSON (line {getattr(bad, 'lineno', '?')})") from None
     if isinstance(entries, dict):
-        entries = list(entries.values())  # a map of serviceId -> entry, as the in-memory store holds it
+        # A map of serviceId -> entry, as the in-memory store holds it: the key is the id where the entry has none.
+        entries = [{"serviceId": key, **entry} if isinstance(entry, dict) else entry for key, entry in entries.items()]
     if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
         raise SourceError(f"{path}: expected a list of objects, or an object of objects")
     return entries

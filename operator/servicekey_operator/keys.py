@@ -351,6 +351,17 @@ def jwk_thumbprint(jwk: dict[str, str]) -> str:
     return _b64url(hashlib.sha256(canonical.encode("utf-8")).digest())
 
 
+def rsa_modulus_bits(public_pem: str) -> int | None:
+    """The modulus size of an RSA public key in bits; None for other keys.
+
+    Raises:
+        ValueError: ``public_pem`` is not a PEM public key.
+        KeySpecError: unsupported key type or curve.
+    """
+    public_key = load_public_key(public_pem)
+    return public_key.key_size if isinstance(public_key, rsa.RSAPublicKey) else None
+
+
 def kid_for(public_pem: str) -> str:
     """Return the key id of ``public_pem``: its RFC 7638 SHA-256 JWK thumbprint.
 

@@ -113,6 +113,12 @@ def test_import_from_postgresql_keeps_every_key_and_every_old_token_and_a_second
     print(f"\nimport of {len(coordinator_rows)} PostgreSQL rows: {elapsed:.1f}s ({rate:.0f} rows/s)")
     assert_imported_unchanged(report, coordinator_rows, servicekeys, dev_env)
 
+    # Again, after one key's first rotation: the import recognises its key among the older versions.
+    rotated = next(row for row in coordinator_rows if row.valid)
+    name = servicekey_name(rotated.service_id) or ""
+    # An emergency rotation signs at once (the imported ServiceKey has the default publishAhead, 3m).
+    servicekeys.patch(name, {"metadata": {"annotations": {"servicekey.io/rotate": "emergency:after-the-import"}}})
+    servicekeys.wait_new_kid(name, kid_for(rotated.public_key or ""))
     again, _ = run_import(dev_env, postgresql_server.url, servicekeys.namespace)
     assert again["counts"] == {"unchanged": sum(row.valid for row in coordinator_rows),
                                "refused": sum(not row.valid for row in coordinator_rows)}

@@ -89,3 +89,17 @@ def test_a_dump_entry_reads_like_a_table_row(es256):
              "privateKey": es256.private_pem, "algorithm": "ES256", "keySize": None}
     assert CoordinatorRow.from_mapping(entry) == row("orders", es256, key_size=None, service_name="Orders")
     assert "PRIVATE" not in repr(CoordinatorRow.from_mapping(entry))
+
+
+@pytest.mark.parametrize("key_size", [None, "2048", 2048.0, " 2048 "])
+def test_an_rsa_row_without_a_clean_key_size_is_imported_with_its_keys_size(rs2048, key_size):
+    imported = check_row(CoordinatorRow.from_mapping({
+        "service_id": "billing", "public_key": rs2048.public_pem, "private_key": rs2048.private_pem,
+        "algorithm": "RS256", "key_size": key_size}), "payments", "billing")
+    # The spec and the record then say 2048, as the operator would: no rotation on adoption.
+    assert isinstance(imported, ImportedKey) and imported.key_size == 2048
+
+
+def test_a_service_id_with_a_comma_is_no_legacy_kid(es256):
+    imported = check_row(row("a,b", es256, key_size=None), "payments", "a-b")
+    assert isinstance(imported, ImportedKey) and imported.legacy_kid is None

@@ -72,3 +72,20 @@ def test_mongodb_urls_and_filters_it_cannot_use_are_refused_before_connecting(so
     with pytest.raises(SourceError, match=message) as refused:
         read_rows(source, query=query)
     assert "s3cret" not in str(refused.value)
+
+
+def test_a_password_a_driver_quotes_is_never_in_the_message():
+    with pytest.raises(SourceError) as refused:
+        read_rows("postgresql://coordinator:s3cr%zzet@127.0.0.1:1/coordinator")
+    assert "s3cr" not in str(refused.value)
+
+
+def test_a_mysql_url_option_that_would_be_dropped_is_refused():
+    with pytest.raises(SourceError, match=r"unsupported option.*ssl-mode"):
+        read_rows("mysql://coordinator:hunter22@127.0.0.1:1/db?ssl-mode=REQUIRED")
+
+
+def test_an_ndjson_error_names_its_line(tmp_path: Path):
+    (tmp_path / "keys.ndjson").write_text(json.dumps(ENTRY) + "\n" + "{broken\n")
+    with pytest.raises(SourceError, match="line 2"):
+        read_rows(str(tmp_path / "keys.ndjson"))

@@ -156,8 +156,9 @@ def record_metadata(owner: Owner, deletion_policy: str, transit_claims: frozense
     moved across many Transit mounts gets there).
     """
     metadata = {MANAGED_BY_METADATA_KEY: MANAGED_BY, OWNER_METADATA_KEY: owner.ref,
-                OWNER_UID_METADATA_KEY: owner.uid, NAMESPACE_UID_METADATA_KEY: owner.namespace_uid,
-                DELETION_POLICY_METADATA_KEY: deletion_policy}
+                NAMESPACE_UID_METADATA_KEY: owner.namespace_uid, DELETION_POLICY_METADATA_KEY: deletion_policy}
+    if owner.uid:  # unknown for a key imported before its ServiceKey exists; Vault refuses empty values
+        metadata[OWNER_UID_METADATA_KEY] = owner.uid
     if transit_claims:
         claims = ",".join(f"{claim.mount}:{claim.key_type}" for claim in sorted(transit_claims))
         if len(claims.encode()) > CUSTOM_METADATA_VALUE_MAX_BYTES:
