@@ -338,8 +338,8 @@ def _import(args: argparse.Namespace) -> int:
         print(f"import: {failed}", file=sys.stderr)
         return 2
     rows = [CoordinatorRow.from_mapping(row) for row in raw]
-    namespaces = args.namespace or {str(row.get("service_id", row.get("serviceId", ""))): str(row.get(
-        args.namespace_field) or "") for row in raw}
+    namespaces = args.namespace or {row.service_id: str(source.get(args.namespace_field) or "")
+                                    for row, source in zip(rows, raw, strict=True)}
     api, _ = _kube(args)
     importer = Importer(api, KvKeyStore(VaultConnection(config.vault)), config.kv_mount, config.path_prefix)
     report = importer.run(plan(rows, namespaces, names), len(rows), dry_run=args.dry_run, now=_now())

@@ -27,7 +27,7 @@ from typing import Any
 
 import kopf
 
-from servicekey_operator import metrics, publish
+from servicekey_operator import metrics, publish, status_view
 from servicekey_operator.config import OperatorConfig
 from servicekey_operator.errors import ConfigMapConflict, InternalError, InvalidSpec, ServiceKeyError
 from servicekey_operator.keygen import KeyGenerator
@@ -49,7 +49,6 @@ from servicekey_operator.status import differs, failed_status, ready_condition, 
 from servicekey_operator.vault.connection import VaultConnection
 from servicekey_operator.vault.kv import KvKeyStore
 from servicekey_operator.vault.ownership import ADOPT_NAMESPACE_UID_ANNOTATION, Owner
-from servicekey_operator.vault.records import parse_time
 from servicekey_operator.vault.transit import TransitKeys
 from servicekey_operator.version import package_version
 
@@ -183,6 +182,7 @@ class OperatorState:
         for table in (self.locks, self.bodies, self.consecutive_failures, self.handled):
             table.pop(key, None)
         self.scheduler.forget(key)
+        metrics.KEY_GAUGES.forget(key)
         self.publishing_elsewhere.discard(key)
         uid = self.finalizing.get(key)
         asyncio.get_running_loop().call_later(FINALIZED_MEMORY_SECONDS, self._unmark_finalizing, key, uid)
@@ -410,13 +410,12 @@ async def servicekey_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.M
         state.finalizing[key] = meta["uid"]
         state.forget(key)
         state.kube.forget_servicekey(meta["uid"])
-        metrics.KEY_GAUGES.forget(key)
         return
     state.bodies[key] = slim_body(body)
     metrics.KEY_GAUGES.observe(key, _key_series(state, body))
     if meta.get("deletionTimestamp"):
         return  # the deletion handler owns the end of life
-    if needs_finalizer(body) and FINALIZER not in (meta.get("finalizers") or []):
+    if _awaits_finalizer(body):
         return  # kopf adds it first, so no copy or Delete-policy key is made unguarded; that event brings us back
     annotations = meta.get("annotations") or {}
     trigger: Trigger = (meta["uid"], meta.get("generation"), rotate_request_digest(annotations.get(ROTATE_ANNOTATION)),
@@ -462,11 +461,9 @@ def _key_series(state: OperatorState, body: Mapping[str, Any]) -> metrics.KeySer
         period = None  # the pass says why, in the status
 
     def timestamp(field: str) -> float | None:
-        text = status.get(field)
-        try:
-            return parse_time(text).timestamp() if text else None
-        except ValueError:
-            return None  # anybody with status access may write it; not ours to crash on
+        # Leniently: anybody with status access may write it, and it is not ours to crash on.
+        moment = status_view.parse_time(status.get(field))
+        return moment.timestamp() if moment else None
 
     return metrics.KeySeries(ready=str(ready_condition(status).get("status") or "Unknown"),
                              algorithm=str(spec.get("algorithm", "")), engine=str((spec.get("vault") or {}).get(
@@ -479,7 +476,7 @@ def _start_scheduled_pass(state: OperatorState, key: ObjectKey) -> asyncio.Task[
     body = state.bodies.get(key)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None  # the deletion handler owns the end of life
-    if needs_finalizer(body) and FINALIZER not in body["metadata"].get("finalizers", ()):
+    if _awaits_finalizer(body):
         return None  # the spec has just come to need it: kopf's adding it brings a pass (``servicekey_changed``)
     logger = kopf.ObjectLogger(body=kopf.Body(body), settings=state.settings)
     task = asyncio.create_task(_scheduled_pass(state, key, body, logger), name=f"pass {key[0]}/{key[1]}")
@@ -503,6 +500,11 @@ def needs_finalizer(body: Mapping[str, Any], **_: Any) -> bool:
     cost one API write per new key, and wedge the deletion of every key (and of its namespace) while no
     operator runs, as after ``helm uninstall``."""
     return deletion_does_work(body.get("spec") or {}, body.get("status") or {})
+
+
+def _awaits_finalizer(body: Mapping[str, Any]) -> bool:
+    """The key needs the finalizer and kopf has not put it on yet: nothing may be written for it before."""
+    return needs_finalizer(body) and FINALIZER not in (body["metadata"].get("finalizers") or ())
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, when=needs_finalizer)
@@ -529,7 +531,6 @@ async def _finalize(state: OperatorState, body: Mapping[str, Any], logger: loggi
             logger.warning(f"deletion: {failure}")
         else:
             _post(body, events)
-        metrics.KEY_GAUGES.forget(key)
         state.forget(key)
 
 

@@ -10,7 +10,7 @@ time, with nothing done in Vault or to the copies.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pykube
@@ -21,7 +21,7 @@ from servicekey_operator.spec import FINALIZER
 POLL_SECONDS = 1.0
 
 
-def servicekeys(api: pykube.HTTPClient, namespaces: Iterable[str] | None) -> Iterator[ServiceKeyObject]:
+def servicekeys(api: pykube.HTTPClient, namespaces: Sequence[str] | None) -> Iterator[ServiceKeyObject]:
     """Every ServiceKey in ``namespaces`` (None: all namespaces)."""
     for namespace in [pykube.all] if namespaces is None else namespaces:
         yield from ServiceKeyObject.objects(api, namespace=namespace)
@@ -31,7 +31,7 @@ def _name(servicekey: ServiceKeyObject) -> str:
     return f"{servicekey.namespace}/{servicekey.name}"
 
 
-def _strip_once(api: pykube.HTTPClient, namespaces: Iterable[str] | None) -> list[str]:
+def _strip_once(api: pykube.HTTPClient, namespaces: Sequence[str] | None) -> list[str]:
     stripped = []
     for servicekey in servicekeys(api, namespaces):
         while FINALIZER in (servicekey.metadata.get("finalizers") or []):
@@ -54,7 +54,7 @@ def _strip_once(api: pykube.HTTPClient, namespaces: Iterable[str] | None) -> lis
     return stripped
 
 
-def strip_finalizers(api: pykube.HTTPClient, namespaces: Iterable[str] | None,
+def strip_finalizers(api: pykube.HTTPClient, namespaces: Sequence[str] | None,
                      timeout: float) -> tuple[list[str], bool]:
     """Take the operator's finalizer off every ServiceKey that has it, until a look a second later finds none
     (an operator still stopping may put one back); return the keys stripped (namespace/name) and whether it
@@ -65,11 +65,10 @@ def strip_finalizers(api: pykube.HTTPClient, namespaces: Iterable[str] | None,
 
     Raises: pykube.PyKubeError or requests.RequestException when the API server refuses or cannot be reached.
     """
-    scope = None if namespaces is None else list(namespaces)
     deadline = time.monotonic() + timeout
     stripped: list[str] = []
     while True:
-        this_look = _strip_once(api, scope)
+        this_look = _strip_once(api, namespaces)
         stripped += [name for name in this_look if name not in stripped]
         if not this_look:
             return stripped, True
@@ -78,14 +77,13 @@ def strip_finalizers(api: pykube.HTTPClient, namespaces: Iterable[str] | None,
         time.sleep(POLL_SECONDS)
 
 
-def drain(api: pykube.HTTPClient, namespaces: Iterable[str] | None, timeout: float) -> list[dict[str, Any]]:
+def drain(api: pykube.HTTPClient, namespaces: Sequence[str] | None, timeout: float) -> list[dict[str, Any]]:
     """Delete every ServiceKey and wait up to ``timeout`` seconds for them to be gone (their finalizers run by the
     operator); return the ones still there, as objects, empty when all went.
 
     Raises: pykube.PyKubeError or requests.RequestException when the API server refuses or cannot be reached.
     """
-    scope = None if namespaces is None else list(namespaces)
-    for servicekey in servicekeys(api, scope):
+    for servicekey in servicekeys(api, namespaces):
         try:
             servicekey.delete()
         except pykube.exceptions.HTTPError as refused:
@@ -93,7 +91,7 @@ def drain(api: pykube.HTTPClient, namespaces: Iterable[str] | None, timeout: flo
                 raise
     deadline = time.monotonic() + timeout
     while True:
-        left = [servicekey.obj for servicekey in servicekeys(api, scope)]
+        left = [servicekey.obj for servicekey in servicekeys(api, namespaces)]
         if not left or time.monotonic() >= deadline:
             return left
         time.sleep(POLL_SECONDS)

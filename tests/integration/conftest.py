@@ -15,12 +15,17 @@ from tests.service_keys_table import CoordinatorRow, rows
 Server = TypeVar("Server", PostgreSQLServer, MariaDBServer, FerretDBServer)
 
 
-def _started(make: Callable[[], Server]) -> Server:
-    """The server, started; a server that is missing or does not start fails the test, never skips it."""
+def _running(make: Callable[[], Server]) -> Iterator[Server]:
+    """The server, started, then stopped; a server that is missing or does not start fails the test, never skips
+    it."""
     try:
-        return make().start()
+        server = make().start()
     except StartError as failed:
         message = str(failed)
+    else:
+        yield server
+        server.stop()
+        return
     # Outside the except block, so the report shows the server's message and log tail, not a chained traceback.
     pytest.fail(message, pytrace=False)
 
@@ -29,18 +34,14 @@ def _started(make: Callable[[], Server]) -> Server:
 def postgresql_server() -> Iterator[PostgreSQLServer]:
     """A real PostgreSQL (Debian's ``postgresql``) on 127.0.0.1, database ``coordinator`` empty: ``.url`` is
     ``postgresql://coordinator:<password>@127.0.0.1:<port>/coordinator``. Stopped and removed after the session."""
-    server = _started(PostgreSQLServer)
-    yield server
-    server.stop()
+    yield from _running(PostgreSQLServer)
 
 
 @pytest.fixture(scope="session")
 def mariadb_server() -> Iterator[MariaDBServer]:
     """A real MariaDB (Debian's ``mariadb-server``) on 127.0.0.1, database ``coordinator`` empty: ``.url`` is
     ``mysql://coordinator:<password>@127.0.0.1:<port>/coordinator``. Stopped and removed after the session."""
-    server = _started(MariaDBServer)
-    yield server
-    server.stop()
+    yield from _running(MariaDBServer)
 
 
 @pytest.fixture(scope="session")
@@ -48,9 +49,7 @@ def ferretdb_server() -> Iterator[FerretDBServer]:
     """A real FerretDB (MongoDB-compatible, SQLite backend, built by ``python3 -m devcluster build``) on 127.0.0.1,
     database ``coordinator`` empty: ``.url`` is ``mongodb://127.0.0.1:<port>/coordinator`` (no authentication).
     Stopped and removed after the session."""
-    server = _started(FerretDBServer)
-    yield server
-    server.stop()
+    yield from _running(FerretDBServer)
 
 
 @pytest.fixture(scope="session")
