@@ -250,14 +250,25 @@ def test_helm_upgrade_to_a_new_image_and_two_replicas_then_uninstall_drains_the_
          RELEASE_NAMESPACE, "--reuse-values", "--set", "image.tag=upgraded", "--set", "replicaCount=2",
          "--set", "peering.enabled=true", "--set", "uninstall.serviceKeys=drain", "--wait", "--timeout", "180s")
     wait_for_deployment(dev_env.kube, RELEASE_NAMESPACE, RELEASE)
-    pods = json.loads(dev_env.kube.kubectl("get", "pods", "-n", RELEASE_NAMESPACE, "-l",
-                                           OPERATOR_SELECTOR, "-o", "json").stdout)["items"]
+
+    def operator_pods() -> list[dict[str, Any]]:
+        return json.loads(dev_env.kube.kubectl("get", "pods", "-n", RELEASE_NAMESPACE, "-l", OPERATOR_SELECTOR,
+                                               "-o", "json").stdout)["items"]
+
+    def keepalives() -> dict[str, Any]:
+        return json.loads(dev_env.kube.kubectl("get", "clusterkopfpeering", RELEASE, "-o", "json").stdout).get(
+            "status") or {}
+    # The Deployment is available before the replaced pod has finished its graceful stop (and withdrawn its
+    # keep-alive): wait for the rollout's end, then the state must be exactly the two new replicas.
+    wait_for(lambda: len(operator_pods()) == 2 and len(keepalives()) == 2, 90,
+             "the replaced operator pod to be gone and its keep-alive withdrawn")
+    pods = operator_pods()
     demo.create("after-upgrade", {"algorithm": "EdDSA"})
     demo.wait_ready("after-upgrade", timeout=60)
 
     assert sorted(pod["spec"]["containers"][0]["image"] for pod in pods) == [upgraded, upgraded]
-    peering = json.loads(dev_env.kube.kubectl("get", "clusterkopfpeering", RELEASE, "-o", "json").stdout)
-    assert len(peering.get("status") or {}) == 2, "both replicas keep their keep-alive in the peering object"
+    assert all(not pod["metadata"].get("deletionTimestamp") for pod in pods)
+    assert len(keepalives()) == 2, "both replicas keep their keep-alive in the peering object"
     after = demo.get("payments-signing")["status"]
     assert (after["keyId"], after["keyVersion"]) == (before["keyId"], before["keyVersion"]), "no key churn"
 
