@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
@@ -12,6 +13,7 @@ from devcluster.binaries import ensure_binaries, ensure_ferretdb, ensure_node_bi
 from devcluster.chart import RELEASE_NAMESPACE, install_operator_pod
 from devcluster.environment import DevEnvironment
 from devcluster.examples import deploy_examples, manifests
+from devcluster.openbao_cluster import UNSEAL_THRESHOLD, OpenBaoCluster
 
 # The key the example signer and verifier are written for.
 DEMO_MANIFEST = "servicekey-rs256.yaml"
@@ -31,13 +33,30 @@ def _wait_for_interrupt() -> None:
         pass
 
 
-def _up(env: DevEnvironment) -> None:
+def _up(env: DevEnvironment, vault_cluster: OpenBaoCluster | None = None) -> None:
     _say("environment ready; use it from another shell with:")
-    for name, value in env.operator_env().items():
+    exports = env.operator_env()
+    if vault_cluster is not None:
+        exports.update(vault_cluster.operator_env())
+    for name, value in exports.items():
         print(f"export {name}={value}")
     print(f"kubectl: {env.binaries.kubectl}\nhelm: {env.binaries.helm}")
+    if vault_cluster is not None:
+        _describe_cluster(vault_cluster)
     _say("Ctrl-C stops everything and removes the temp dir")
     _wait_for_interrupt()
+
+
+def _describe_cluster(cluster: OpenBaoCluster) -> None:
+    keys = cluster.workdir / "unseal-keys.json"
+    keys.write_text(json.dumps({"keys": cluster.unseal_keys, "threshold": UNSEAL_THRESHOLD}, indent=2))
+    keys.chmod(0o600)
+    leader = cluster.wait_routed()
+    _say(f"VAULT_ADDR is HAProxy ({cluster.proxy.log_path}): it routes to the active node only; the nodes:")
+    for node in cluster.nodes:
+        role = "active" if node is leader else "standby"
+        print(f"  {node.name}: {node.addr} ({role}, pid {node.process.pid}, log {node.log_path})")
+    print(f"bao: {cluster.bao_binary}\nunseal keys (a restarted node needs {UNSEAL_THRESHOLD}): {keys}")
 
 
 def _demo(env: DevEnvironment) -> None:
@@ -80,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
                              "start and wait; demo: the full demo")
     parser.add_argument("--node", action="store_true",
                         help="up: also start the node (containerd, kubelet, scheduler, kube-proxy) with the images")
+    parser.add_argument("--vault-ha", action="store_true",
+                        help="up: also start a 3-node OpenBao raft cluster (TLS) behind HAProxy, and export its "
+                             "address instead of the single OpenBao's")
     args = parser.parse_args(argv)
     if args.command == "build":
         print(ensure_binaries())
@@ -92,7 +114,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             if args.node:
                 env.start_node()
-            _up(env)
+            if not args.vault_ha:
+                _up(env)
+                return 0
+            _say("starting the OpenBao cluster: 3 nodes on raft, initialised, unsealed, behind HAProxy")
+            cluster = OpenBaoCluster(env.binaries.bao, env.workdir / "openbao-cluster").start()
+            try:
+                _up(env, cluster)
+            finally:
+                cluster.stop()
         else:
             _demo(env)
     return 0

@@ -23,6 +23,9 @@ command -v npm >/dev/null || need_debian+=(npm)
 # The import tests' coordinator databases (devcluster/databases.py): real servers, started on loopback by the tests.
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || need_debian+=(postgresql)
 [[ -x /usr/sbin/mariadbd ]] || need_debian+=(mariadb-server)
+# The 3-node OpenBao cluster of the Vault failover tests (devcluster/openbao_cluster.py): HAProxy is its one client
+# address, routing to whichever node is active.
+[[ -x /usr/sbin/haproxy ]] || need_debian+=(haproxy)
 if ((${#need_debian[@]})); then
   echo "==> apt-get install ${need_debian[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_debian[@]}"

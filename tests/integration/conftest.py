@@ -1,5 +1,6 @@
 """Fixtures of the integration suite beyond the shared ones (tests/conftest.py): the coordinator databases that
-``servicekey-operator import`` reads, and the rows to seed them with (tests/service_keys_table.py)."""
+``servicekey-operator import`` reads, the rows to seed them with (tests/service_keys_table.py), and a 3-node
+OpenBao cluster behind one client address for the tests of Vault's own failures."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from typing import TypeVar
 
 import pytest
 
+from devcluster.binaries import find_bao
 from devcluster.databases import FerretDBServer, MariaDBServer, PostgreSQLServer
+from devcluster.openbao_cluster import OpenBaoCluster
 from devcluster.process import StartError
 from tests.service_keys_table import CoordinatorRow, rows
 
-Server = TypeVar("Server", PostgreSQLServer, MariaDBServer, FerretDBServer)
+Server = TypeVar("Server", PostgreSQLServer, MariaDBServer, FerretDBServer, OpenBaoCluster)
 
 
 def _running(make: Callable[[], Server]) -> Iterator[Server]:
@@ -56,3 +59,12 @@ def ferretdb_server() -> Iterator[FerretDBServer]:
 def coordinator_rows() -> list[CoordinatorRow]:
     """The coordinator's 500 rows (``rows()``): the same on every run, from the cache after the first."""
     return rows(500)
+
+
+@pytest.fixture(scope="session")
+def vault_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBaoCluster]:
+    """Three OpenBao nodes on raft, TLS everywhere (CA ``.ca_cert_path``), unsealed, KV v2 at ``secret/`` and
+    Transit at ``transit/``, root token ``DEV_ROOT_TOKEN``, behind HAProxy at ``.addr`` (follows the active node;
+    ``.operator_env()`` points an operator there). A test that kills or stops a node restarts it before it ends;
+    logs stay in the session's temp dir."""
+    yield from _running(lambda: OpenBaoCluster(find_bao(), tmp_path_factory.mktemp("openbao-cluster")))
