@@ -378,6 +378,18 @@ def test_a_name_mismatch_points_at_vault_tls_server_name():
     assert "does not name the host in VAULT_ADDR; set VAULT_TLS_SERVER_NAME" in message
 
 
+def test_a_connection_closed_in_the_handshake_blames_no_certificate():
+    # What a client of an HA cluster sees through a TCP load balancer while no node is active.
+    settings = VaultSettings(addr=ADDR, ca_cert=Path("/etc/vault/ca.crt"))
+    eof = ssl.SSLEOFError(8, "[SSL: UNEXPECTED_EOF_WHILE_READING] EOF occurred in violation of protocol (_ssl.c:992)")
+
+    message = describe_tls_failure(settings, _wrapped(eof))
+
+    assert message == (f"TLS connection to Vault at {ADDR} failed: EOF occurred in violation of protocol; the "
+                       "connection was closed during the TLS handshake, before any certificate was checked: Vault "
+                       "is restarting, or a load balancer in front of it has no healthy active node to pass it to")
+
+
 def test_the_adapter_turns_tls_errors_into_vault_unavailable(tmp_path: Path):
     settings = VaultSettings(addr="https://127.0.0.1:1", ca_cert=tmp_path / "does-not-exist.crt")
     adapter = VaultAdapter(base_uri=settings.addr, token="", session=vault_session(settings),

@@ -142,6 +142,12 @@ def describe_tls_failure(settings: VaultSettings, failure: BaseException) -> str
         hint = ("the server did not accept the client certificate "
                 + (f"VAULT_CLIENT_CERT={settings.client_cert}" if settings.client_cert
                    else "(none is configured: set VAULT_CLIENT_CERT and VAULT_CLIENT_KEY)"))
+    elif "eof occurred in violation of protocol" in lowered or "unexpected eof" in lowered:
+        # Nothing was verified yet: the peer hung up mid-handshake. Behind a load balancer in TCP mode that is
+        # what a client sees while no node is healthy (an HA cluster electing a new active node), so blaming the
+        # CA bundle here sent operators after the wrong thing during every failover.
+        hint = ("the connection was closed during the TLS handshake, before any certificate was checked: Vault "
+                "is restarting, or a load balancer in front of it has no healthy active node to pass it to")
     elif "wrong version number" in lowered or "record layer failure" in lowered:
         hint = ("the server does not speak TLS at that address "
                 "(VAULT_ADDR should start with http://, or name the TLS port)")
