@@ -97,16 +97,19 @@ def transit_jws(vault: hvac.Client, mount: str, key_name: str, algorithm: str, k
 class ServiceKeys:
     """ServiceKeys, their ConfigMaps and their Vault secrets in one test namespace."""
 
-    def __init__(self, client: kubernetes.client.ApiClient, namespace: str, env: DevEnvironment) -> None:
+    def __init__(self, client: kubernetes.client.ApiClient, namespace: str, env: DevEnvironment,
+                 vault: Callable[[], hvac.Client] | None = None) -> None:
+        """``vault`` makes root clients of the Vault the operator under test uses (default: the session's)."""
         self.custom = kubernetes.client.CustomObjectsApi(client)
         self.core = kubernetes.client.CoreV1Api(client)
         self.namespace = namespace
         self.env = env
+        self._vault = vault or env.vault.client
 
     @property
     def vault(self) -> hvac.Client:
         """Root hvac client."""
-        return self.env.vault.client()
+        return self._vault()
 
     def create(self, name: str, spec: dict[str, Any] | None = None,
                annotations: dict[str, str] | None = None) -> dict[str, Any]:

@@ -91,6 +91,17 @@ def _kube(args: argparse.Namespace) -> tuple[Any, str]:
         raise _KubeError(f"cannot load the kubeconfig: {bad}") from bad
 
 
+def _servicekeys(args: argparse.Namespace) -> tuple[Any, str, Any]:
+    """The pykube client, the namespace (``_kube``) and the query for ServiceKeys there, or everywhere with
+    ``-A``."""
+    import pykube
+
+    from servicekey_operator.rotation_request import ServiceKeyObject
+
+    api, namespace = _kube(args)
+    return api, namespace, ServiceKeyObject.objects(api, namespace=pykube.all if args.all_namespaces else namespace)
+
+
 def _kube_failure(error: Exception) -> str:
     import pykube
 
@@ -239,7 +250,6 @@ def _status(args: argparse.Namespace) -> int:
     import pykube
 
     from servicekey_operator import status_view
-    from servicekey_operator.rotation_request import ServiceKeyObject
 
     if args.name and args.all_namespaces:
         print("status: a ServiceKey cannot be retrieved by name across all namespaces", file=sys.stderr)
@@ -247,8 +257,7 @@ def _status(args: argparse.Namespace) -> int:
     if args.name and args.selector:
         print("status: a name cannot be given together with a selector (-l)", file=sys.stderr)
         return 2
-    api, namespace = _kube(args)
-    query = ServiceKeyObject.objects(api, namespace=pykube.all if args.all_namespaces else namespace)
+    api, namespace, query = _servicekeys(args)
     if args.name:
         try:
             objects = [query.get(name=args.name).obj]
@@ -273,6 +282,33 @@ def _status(args: argparse.Namespace) -> int:
     else:
         print(status_view.table(objects, now, wide=args.output == "wide", with_namespace=args.all_namespaces))
     return status_view.exit_code(objects)
+
+
+@_cluster_command("recheck")
+def _recheck(args: argparse.Namespace) -> int:
+    import pykube
+
+    from servicekey_operator.spec import RECHECK_ANNOTATION
+
+    if args.names and (args.all_namespaces or args.selector):
+        print("recheck: names cannot be given together with -A or a selector (-l)", file=sys.stderr)
+        return 2
+    _api, _namespace, query = _servicekeys(args)
+    selected = []
+    for name in args.names:
+        try:
+            selected.append(query.get(name=name))
+        except pykube.ObjectDoesNotExist:
+            print(_not_found(name), file=sys.stderr)
+            return 2
+    if not args.names:
+        selected = list(query.filter(selector=args.selector) if args.selector else query)
+    request = _now().isoformat()
+    for servicekey in selected:
+        servicekey.patch({"metadata": {"annotations": {RECHECK_ANNOTATION: request}}})
+    print(f"asked the operator to check {len(selected)} ServiceKey(s) against Vault now; "
+          "servicekey-operator status shows the outcome")
+    return 0
 
 
 DEFAULT_DRAIN_TIMEOUT = 300.0
@@ -457,6 +493,16 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("-o", "--output", choices=("wide", "json", "yaml"),
                         help="wide: a table with more columns; json or yaml: the objects")
     status.set_defaults(func=_status)
+    recheck = commands.add_parser(
+        "recheck", parents=[_kube_options()], help="have the operator check ServiceKeys against Vault now",
+        description="Set the servicekey.io/recheck annotation to a new value: the operator runs a pass for each key at "
+                    "once, as it otherwise does within its resync period. After Vault was restored from a snapshot "
+                    "this finds the keys Vault went back on (Ready reason VaultRolledBack) at once. Exit 0 once "
+                    "asked, 2 when the cluster cannot be read or a named key does not exist.")
+    recheck.add_argument("names", nargs="*", metavar="NAME", help="ServiceKeys (default: all in the namespace)")
+    recheck.add_argument("-A", "--all-namespaces", action="store_true", help="ServiceKeys in all namespaces")
+    recheck.add_argument("-l", "--selector", help="label selector, e.g. app=payments,tier!=test")
+    recheck.set_defaults(func=_recheck)
     inspect = commands.add_parser("inspect", parents=[_kube_options()],
                                   help="the detailed view of one ServiceKey (status NAME)", description=status_help)
     inspect.add_argument("name", help="the ServiceKey")

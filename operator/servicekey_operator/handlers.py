@@ -27,7 +27,7 @@ from typing import Any
 
 import kopf
 
-from servicekey_operator import metrics, publish, status_view
+from servicekey_operator import metrics, publish, rollback, status_view
 from servicekey_operator.config import OperatorConfig
 from servicekey_operator.errors import ConfigMapConflict, InternalError, InvalidSpec, ServiceKeyError
 from servicekey_operator.keygen import KeyGenerator
@@ -39,6 +39,7 @@ from servicekey_operator.resume import first_pass_time
 from servicekey_operator.scheduler import PassScheduler
 from servicekey_operator.spec import (
     FINALIZER,
+    RECHECK_ANNOTATION,
     ROTATE_ANNOTATION,
     DesiredKey,
     deletion_does_work,
@@ -73,8 +74,8 @@ FINALIZED_MEMORY_SECONDS = 300.0
 CONFIGMAP_LISTING_MAX_AGE_SECONDS = 120.0
 ObjectKey = tuple[str, str]
 # What makes a watch event worth a pass: the object (uid), its spec (generation), the rotate request (its
-# digest) and the namespace whose records it may adopt.
-Trigger = tuple[str, int | None, str | None, str | None]
+# digest), the namespace whose records it may adopt, and a recheck request.
+Trigger = tuple[str, int | None, str | None, str | None, str | None]
 # What a namespace event must change to matter: uid, labels, the copy opt-in, phase.
 NamespaceFacts = tuple[str, tuple[tuple[str, str], ...], str | None, str | None]
 
@@ -244,7 +245,8 @@ async def run_pass(state: OperatorState, body: Mapping[str, Any], logger: loggin
             desired = _desired(state, body)
             owner = await _owner(state, body)
             with metrics.reconcile_timer():
-                outcome = await state.reconciler.reconcile(desired, owner, now, published_kid=observed.get("keyId"),
+                outcome = await state.reconciler.reconcile(desired, owner, now,
+                                                           published=rollback.last_published(observed),
                                                            expect_copies=bool(observed.get("publishedNamespaces")),
                                                            previous_configmap=observed.get("configMapName"))
             await _record_success(state, key, body, desired, outcome, now)
@@ -419,7 +421,8 @@ async def servicekey_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.M
         return  # kopf adds it first, so no copy or Delete-policy key is made unguarded; that event brings us back
     annotations = meta.get("annotations") or {}
     trigger: Trigger = (meta["uid"], meta.get("generation"), rotate_request_digest(annotations.get(ROTATE_ANNOTATION)),
-                        annotations.get(ADOPT_NAMESPACE_UID_ANNOTATION))
+                        annotations.get(ADOPT_NAMESPACE_UID_ANNOTATION),
+                        rotate_request_digest(annotations.get(RECHECK_ANNOTATION)))
     if state.handled.get(key) == trigger:
         return
     first_sight = key not in state.handled

@@ -80,6 +80,7 @@ __all__ = [
     "OWNERSHIP_UNPROVEN",
     "PRIVATE_JWK",
     "PRIVATE_KEY_MATERIAL",
+    "ROLLED_BACK",
     "SHARED_KEY",
     "KeyRecord",
     "MaterialScanner",
@@ -92,6 +93,7 @@ __all__ = [
     "ownership_proof_violations",
     "ownership_violations",
     "record_violations",
+    "rollback_violations",
     "shared_key_violations",
     "summary",
 ]
@@ -116,6 +118,7 @@ OWNERSHIP_UNPROVEN = "OwnershipUnproven"
 KEY_CHURN = "KeyChurn"
 FOREIGN_TRANSIT_VERSION = "ForeignTransitVersion"
 MISSING_STATUS = "MissingStatus"
+ROLLED_BACK = "VaultRolledBack"
 # Reasons a version may be written for without a new request or spec: time, and states made outside the operator.
 _UNREQUESTED_REASONS = frozenset({"Scheduled", "TransitRotated", "CurrentKeyDeleted"})
 # How long a new ServiceKey may go without a Ready condition before that is reported (a pass takes well under a
@@ -180,6 +183,9 @@ class VaultKey:
     rotate_annotation: str = ""
     rotation_reason: str = ""
     legacy_kids: tuple[str, ...] = ()
+    # Keys published before Vault was rolled back, whose private halves it lost, that this version replaced:
+    # (kid, alg, public key PEM, legacy kids), from the record's ``lost_public_keys``.
+    lost: tuple[tuple[str, str, str, tuple[str, ...]], ...] = ()
 
     @classmethod
     def from_data(cls, version: int, data: Mapping[str, Any]) -> VaultKey:
@@ -193,13 +199,26 @@ class VaultKey:
                    owner_namespace_uid=data.get("owner_namespace_uid") or None,
                    key_size=str(data.get("key_size") or ""), rotate_annotation=str(data.get("rotate_annotation") or ""),
                    rotation_reason=str(data.get("rotation_reason") or ""),
-                   legacy_kids=tuple(kid for kid in str(data.get("legacy_kids") or "").split(",") if kid))
+                   legacy_kids=tuple(kid for kid in str(data.get("legacy_kids") or "").split(",") if kid),
+                   lost=_lost(data.get("lost_public_keys")))
 
     @property
     def asked_for(self) -> tuple[str, str, bool, str]:
         """What a new version must differ in from the one before it, unless time or an outside state wrote it:
         algorithm, key size, engine, rotation request."""
         return self.algorithm, self.key_size, self.transit_key is not None, self.rotate_annotation
+
+
+def _lost(text: Any) -> tuple[tuple[str, str, str, tuple[str, ...]], ...]:
+    """A version's ``lost_public_keys`` (a JSON array of {kid, alg, public_key, legacy_kids}); raise ValueError when
+    it is there but not that."""
+    if not text:
+        return ()
+    entries = json.loads(str(text))
+    if not isinstance(entries, list):
+        raise ValueError("lost_public_keys is not a JSON array")
+    return tuple((str(entry["kid"]), str(entry["alg"]), str(entry["public_key"]),
+                  tuple(str(kid) for kid in entry.get("legacy_kids") or ())) for entry in entries)
 
 
 @dataclass(frozen=True)
@@ -231,24 +250,41 @@ class KeyRecord:
 
 
 def expected_jwks_kids(record: KeyRecord, retain_previous: int) -> list[str]:
-    """What the JWKS must list, in order: current, pending (if any), then the retained previous keys; each key
-    followed by its legacy kids (an imported key's kids of before)."""
+    """What the JWKS must list, in order: current, pending (if any), then the retained previous keys, each rank
+    preceded by the lost keys (published before Vault was rolled back) of the version of the rank before it;
+    each key followed by its legacy kids (an imported key's kids of before)."""
     current = record.current
     if current is None:
         return []
-    keys = [current, *([record.pending] if record.pending else []), *record.versions[1:retain_previous + 1]]
+    chain = record.versions[:retain_previous + 1]
+    listed: list[tuple[str, tuple[str, ...]]] = [(key.kid, key.legacy_kids)
+                                                 for key in (current, *([record.pending] if record.pending else []))]
+    for rank in range(1, retain_previous + 1):
+        if rank - 1 < len(chain):
+            listed += [(kid, aliases) for kid, _alg, _pem, aliases in chain[rank - 1].lost]
+        if rank < len(chain):
+            listed.append((chain[rank].kid, chain[rank].legacy_kids))
     kids: list[str] = []
-    for key in keys:
-        for kid in (key.kid, *key.legacy_kids):
-            if kid not in kids:
-                kids.append(kid)
+    for kid, aliases in listed:
+        for name in (kid, *aliases):
+            if name not in kids:
+                kids.append(name)
     return kids
 
 
+def lost_keys_published(record: KeyRecord, retain_previous: int) -> dict[str, VaultKey]:
+    """The lost keys (``VaultKey.lost``) the JWKS must still list, by kid, as keys of version 0 with no private
+    half."""
+    expected = set(expected_jwks_kids(record, retain_previous))
+    return {kid: VaultKey(version=0, kid=kid, algorithm=alg, public_pem=pem, legacy_kids=aliases)
+            for key in record.versions for kid, alg, pem, aliases in key.lost if kid in expected}
+
+
 def legacy_aliases(record: KeyRecord) -> dict[str, str]:
-    """Legacy kid -> the kid of the key it names, for every key of the record."""
+    """Legacy kid -> the kid of the key it names, for every key of the record (lost keys too)."""
     keys = [*record.versions, *([record.pending] if record.pending else [])]
-    return {alias: key.kid for key in keys for alias in key.legacy_kids}
+    aliases = {alias: key.kid for key in keys for alias in key.legacy_kids}
+    return aliases | {alias: kid for key in record.versions for kid, _alg, _pem, names in key.lost for alias in names}
 
 
 def _kid_of(public_pem: str) -> str | None:
@@ -276,6 +312,12 @@ def record_violations(record: KeyRecord, owner: str) -> list[Violation]:
                                f"or destroyed), although ServiceKey {owner} is Ready"))
     named = [*record.versions, *([record.pending] if record.pending else [])]
     found += churn_violations(record) + foreign_transit_violations(record)
+    for key in record.versions:
+        for kid, _alg, pem, _aliases in key.lost:
+            if _kid_of(pem) != kid:
+                found.append(Violation(2, CURRENT_KEY_MISMATCH, "VaultSecret", record.location,
+                                       f"version {key.version} carries lost key {kid}, whose public_key does not "
+                                       "have that kid"))
     for key in named:
         which = f"version {key.version}" if key.version else "the pending key"
         public_kid = _kid_of(key.public_pem)
@@ -329,6 +371,37 @@ def foreign_transit_violations(record: KeyRecord) -> list[Violation]:
     return [Violation(9, FOREIGN_TRANSIT_VERSION, "VaultSecret", record.location,
                       f"Transit key {current.transit_key} has version {newest}, which no record names (newest named: "
                       f"{named}): a signer that names no key_version signs with a key that no JWKS lists")]
+
+
+def rollback_violations(owner: str, status: Mapping[str, Any], record: KeyRecord | None, location: str,
+                        retain_previous: int) -> list[Violation]:
+    """Invariant 9 after a restore of Vault: the status publishes a key that Vault's record (at ``location``) no
+    longer holds, as a version, the pending key or a lost key (``rollback``): until the operator's next pass
+    rotates forward, signers sign with the restored, older key. Once it has, the lost keys still published are
+    reported for information."""
+    published = status.get("keyId")
+    if record is None:
+        if not published:
+            return []
+        return [Violation(9, ROLLED_BACK, "ServiceKey", owner,
+                          f"publishes {published}, but Vault holds no secret at {location}: Vault was restored to a "
+                          "state older than the key (or the secret was deleted); the operator's next pass writes a "
+                          "new key and keeps the published public keys")]
+    held = {key.kid for key in (*record.versions, *([record.pending] if record.pending else []))}
+    held |= {kid for key in record.versions for kid, *_ in key.lost}
+    if published and published not in held:
+        current = record.current
+        now_current = f"{current.kid} (version {current.version})" if current else "none"
+        return [Violation(9, ROLLED_BACK, "ServiceKey", owner,
+                          f"publishes {published}, which Vault's record at {location} no longer holds (its current "
+                          f"key: {now_current}): Vault was restored to an older state; signers sign with the "
+                          "restored key until the operator's next pass rotates forward")]
+    lost = sorted(lost_keys_published(record, retain_previous))
+    if not lost:
+        return []
+    return [Violation(9, ROLLED_BACK, "VaultSecret", location,
+                      f"Vault was rolled back and lost the private keys of {', '.join(lost)}; their public keys stay "
+                      "published until retainPrevious drops them", informational=True)]
 
 
 def status_violations(servicekey: Mapping[str, Any], now: datetime.datetime,
@@ -413,10 +486,13 @@ def configmap_violations(configmap_ref: str, data: Mapping[str, str] | None, rec
     by_kid = {key.kid: key for key in record.versions}
     if record.pending is not None:
         by_kid.setdefault(record.pending.kid, record.pending)
+    lost = lost_keys_published(record, retain_previous)
     aliases = legacy_aliases(record)
     for kid in expected:
         if kid in aliases:
             roles.setdefault(kid, f"legacy kid {kid} of key {aliases[kid]}")
+        elif kid in lost and kid not in by_kid:
+            roles.setdefault(kid, f"lost key {kid} (published before Vault was rolled back, its private half gone)")
         else:
             roles.setdefault(kid, f"retained key {kid} (version {by_kid[kid].version}, within retainPrevious "
                                   f"{retain_previous})")
@@ -438,7 +514,7 @@ def configmap_violations(configmap_ref: str, data: Mapping[str, str] | None, rec
         jwks_problem(f"jwks.json order is {kids}, expected {expected} (current first, then pending, then the "
                      "retained keys newest first)")
     for jwk in jwks:
-        for problem in _jwk_problems(jwk, by_kid, aliases):
+        for problem in _jwk_problems(jwk, lost | by_kid, aliases):
             jwks_problem(problem)
     return found
 
@@ -1110,6 +1186,11 @@ def _servicekey_violations(servicekey: Mapping[str, Any], kube: _Kubernetes, vau
     if location is None:
         return [], None
     record = vault.record(*location)
+    retain = desired.rotation.retain_previous if desired else int(
+        ((servicekey.get("spec") or {}).get("rotation") or {}).get("retainPrevious", 1))
+    status = servicekey.get("status") or {}
+    if record is None and status.get("keyId"):
+        return rollback_violations(owner, status, None, f"{location[0]}/{location[1]}", retain), None
     if record is None or record.owner != owner:
         holder = "no secret" if record is None else f"a secret owned by {record.owner or 'no ServiceKey'}"
         problem = Violation(2, CURRENT_KEY_MISMATCH, "ServiceKey", owner,
@@ -1117,13 +1198,12 @@ def _servicekey_violations(servicekey: Mapping[str, Any], kube: _Kubernetes, vau
         return ([problem] if ready else []), None
     if desired is not None and desired.engine == "transit":
         record = dataclasses.replace(record, transit_public=vault.transit_public(desired.vault_mount, record))
+    rolled_back = rollback_violations(owner, status, record, record.location, retain)
     if not ready:
-        return [], record
-    retain = desired.rotation.retain_previous if desired else int(
-        ((servicekey.get("spec") or {}).get("rotation") or {}).get("retainPrevious", 1))
+        return rolled_back, record
     name = _configmap_name_of(servicekey)
     published = kube.configmap(namespace, name)
-    found = record_violations(record, owner)
+    found = rolled_back + record_violations(record, owner)
     found += ownership_proof_violations(record, owner, kube.namespace_uid(namespace))
     found += configmap_violations(f"{namespace}/{name}", None if published is None else published.get("data") or {},
                                   record, retain)

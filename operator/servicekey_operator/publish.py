@@ -9,7 +9,7 @@ from typing import Any
 
 from servicekey_operator.keys import jwk_set
 from servicekey_operator.spec import DesiredKey
-from servicekey_operator.vault.records import KeyHistory, StoredKey
+from servicekey_operator.vault.records import KeyHistory, LostKey, StoredKey
 
 API_GROUP = "servicekey.io"
 API_VERSION = "v1alpha1"
@@ -28,13 +28,22 @@ ISSUER_ANNOTATION = "servicekey.io/issuer"
 SERVED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY},{HTTP_LABEL}=true,!{SOURCE_NAMESPACE_LABEL}"
 
 
-def published_keys(history: KeyHistory, retain_previous: int) -> list[StoredKey]:
-    """The keys the JWKS lists: the current one first, the pending one (published ahead of use),
-    then up to ``retain_previous`` older ones."""
+def published_keys(history: KeyHistory, retain_previous: int) -> list[StoredKey | LostKey]:
+    """The keys the JWKS lists: the current one first, the pending one (published ahead of use), then up to
+    ``retain_previous`` older ones, each rank preceded by the lost keys (``rollback``) that the version of the
+    rank before it replaced, so that they age out together with the key Vault was rolled back to."""
     if history.current is None:
         return []
-    pending = [history.pending] if history.pending else []
-    return [history.current, *pending, *history.previous[:retain_previous]]
+    chain = [history.current, *history.previous[:retain_previous]]
+    listed: list[StoredKey | LostKey] = [history.current, *([history.pending] if history.pending else [])]
+    for rank in range(1, retain_previous + 1):
+        listed += chain[rank - 1].lost_keys if rank - 1 < len(chain) else ()
+        if rank < len(chain):
+            listed.append(chain[rank])
+    unique: dict[str, StoredKey | LostKey] = {}
+    for key in listed:
+        unique.setdefault(key.kid, key)  # a lost key that Vault's history holds again is listed once
+    return list(unique.values())
 
 
 def configmap_data(history: KeyHistory, retain_previous: int) -> dict[str, str]:

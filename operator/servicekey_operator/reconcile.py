@@ -18,17 +18,19 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from servicekey_operator import publish
+from servicekey_operator import publish, rollback
 from servicekey_operator.errors import ConfigMapConflict, KubernetesRefused, VaultPathConflict, VaultWriteConflict
 from servicekey_operator.faults import crash_point
 from servicekey_operator.keys import KeyPair
 from servicekey_operator.kubeapi import KubeGateway, NamespaceUnavailable
 from servicekey_operator.spec import DesiredKey, rotate_request_digest
+from servicekey_operator.status import vault_location
 from servicekey_operator.vault.kv import KV_MAX_VERSIONS, KvKeyStore
 from servicekey_operator.vault.ownership import Owner
 from servicekey_operator.vault.records import (
     ADOPTED_NAMESPACE_UID_METADATA_KEY,
     KeyHistory,
+    LostKey,
     StoredKey,
     TransitClaim,
     TransitRef,
@@ -122,15 +124,18 @@ def _trigger(desired: DesiredKey, history: KeyHistory, now: datetime.datetime) -
 
 
 def decide_key(desired: DesiredKey, history: KeyHistory, published_kids: frozenset[str],
-               now: datetime.datetime) -> KeyDecision:
+               now: datetime.datetime, *, rolled_back: bool = False) -> KeyDecision:
     """The pure rotation decision: compare what is asked with what Vault holds.
 
     Rotation requests are recorded inside the key versions themselves (algorithm, size and the
     rotate annotation value each version answered), so this needs no memory of earlier passes.
     ``published_kids`` are the key ids the ConfigMap lists now: a pending key is promoted only once
-    verifiers can see it.
+    verifiers can see it. ``rolled_back``: Vault holds an older state than was published (``rollback``): a new
+    key signs at once, whatever else is asked, since signers already sign with the restored one.
     """
     current, pending = history.current, history.pending
+    if rolled_back:
+        return KeyDecision(KeyAction.WRITE, rollback.REASON)
     if current is None:
         # A latest version deleted or destroyed by someone else: nothing signs; write one new key, once.
         return KeyDecision(KeyAction.WRITE, "CurrentKeyDeleted" if history.current_version else "Created")
@@ -234,11 +239,12 @@ class Reconciler:
         self.copy_namespaces = copy_namespaces
 
     async def reconcile(self, desired: DesiredKey, owner: Owner, now: datetime.datetime, *,
-                        published_kid: str | None = None, expect_copies: bool = False,
+                        published: rollback.Published | None = None, expect_copies: bool = False,
                         previous_configmap: str | None = None) -> Outcome:
         """Bring Vault and the ConfigMaps in line with ``desired``, on behalf of ``owner``; return what was done.
 
-        ``published_kid`` is the key id the status last reported (it words the events);
+        ``published`` is what the status last reported (it words the events, and tells a Vault rolled back to an
+        older state from normal history, ``rollback``);
         ``expect_copies`` says the status lists copies in other namespaces, which must be cleaned up even
         if the spec no longer asks for any; ``previous_configmap`` is the ConfigMap the status last named,
         removed (if ours) when ``publicKey.configMapName`` has changed since.
@@ -248,7 +254,7 @@ class Reconciler:
             raise ConfigMapConflict(f"ConfigMap {desired.namespace}/{desired.configmap_name} exists and is "
                                     "not managed by this ServiceKey; it is left untouched",
                                     publish.copy_source(existing))
-        outcome = await self._ensure_key(desired, owner, now, published_kid, published_kids(existing))
+        outcome = await self._ensure_key(desired, owner, now, published, existing)
         outcome.configmap_written, outcome.configmap_version = await asyncio.to_thread(
             self._publish, desired, outcome.history, existing)
         if outcome.configmap_written and outcome.decision.reason != "Created":  # "Generated" says it already
@@ -329,7 +335,7 @@ class Reconciler:
                                                metadata["resourceVersion"])
 
     async def _ensure_key(self, desired: DesiredKey, owner: Owner, now: datetime.datetime,
-                          published_kid: str | None, kids_in_configmap: frozenset[str]) -> Outcome:
+                          published: rollback.Published | None, configmap: Mapping[str, Any] | None) -> Outcome:
         for _attempt in range(_CAS_ATTEMPTS):
             history = await asyncio.to_thread(self.store.read, desired.record_mount, desired.vault_path, owner,
                                               desired.rotation.retain_previous,
@@ -341,9 +347,12 @@ class Reconciler:
                 history = dataclasses.replace(history, transit_latest=await asyncio.to_thread(
                     self.transit.latest_version, current.transit.mount or desired.vault_mount,
                     current.transit.key_name))
-            decision = decide_key(desired, history, kids_in_configmap, now)
+            rolled_back = rollback.detect(history, published, vault_location(desired), configmap)
+            decision = decide_key(desired, history, published_kids(configmap), now, rolled_back=bool(rolled_back))
             try:
-                outcome = await self._carry_out(desired, owner, history, decision, now, published_kid)
+                outcome = await self._carry_out(desired, owner, history, decision, now,
+                                                published.kid if published else None,
+                                                rolled_back.lost if rolled_back else ())
             except VaultWriteConflict:
                 # Someone else (another replica, our own earlier pass, or another ServiceKey racing for the
                 # path) moved the secret on: look again, instead of writing twice, and let the owner it
@@ -354,6 +363,10 @@ class Reconciler:
             # racing for the same path (and losing the check-and-set) may have overwritten it since: read it back.
             reread = history.owner is None and desired.engine == "transit"
             await asyncio.to_thread(self._mirror_metadata, desired, owner, outcome.history, reread)
+            if rolled_back:
+                description = rolled_back.describe(f"{desired.record_mount}/{desired.vault_path}", outcome.current)
+                self.logger.warning(description)
+                outcome.events = [Event("Warning", rollback.REASON, description)]
             return outcome
         raise VaultWriteConflict(f"{desired.vault_path}: check-and-set kept failing; will retry")
 
@@ -372,7 +385,8 @@ class Reconciler:
             self.store.write_metadata(desired.record_mount, desired.vault_path, wanted)
 
     async def _carry_out(self, desired: DesiredKey, owner: Owner, history: KeyHistory, decision: KeyDecision,
-                         now: datetime.datetime, published_kid: str | None) -> Outcome:
+                         now: datetime.datetime, published_kid: str | None,
+                         lost_keys: tuple[LostKey, ...] = ()) -> Outcome:
         mount, path = desired.record_mount, desired.vault_path
         if decision.action is KeyAction.KEEP:
             events = []
@@ -431,7 +445,7 @@ class Reconciler:
                                        f"Vault by someone else and is withdrawn; {pending.kid} replaces it"))
             return Outcome(dataclasses.replace(history, pending=pending), decision, events=events)
         written = await asyncio.to_thread(self._write, desired, owner, history, keypair, desired.rotate_request,
-                                          decision.reason, now, transit)
+                                          decision.reason, now, transit, lost_keys)
         return self._rotated(history, owner, written, decision)
 
     def _rotated(self, history: KeyHistory, owner: Owner, written: StoredKey, decision: KeyDecision) -> Outcome:
@@ -478,11 +492,11 @@ class Reconciler:
 
     def _write(self, desired: DesiredKey, owner: Owner, history: KeyHistory, keypair: KeyPair,
                rotate_annotation: str | None, reason: str, created_at: datetime.datetime,
-               transit: TransitRef | None = None) -> StoredKey:
+               transit: TransitRef | None = None, lost_keys: tuple[LostKey, ...] = ()) -> StoredKey:
         written = self.store.write(desired.record_mount, desired.vault_path, keypair, owner=owner,
                                    service_name=desired.service_name, rotate_annotation=rotate_annotation,
                                    rotation_reason=reason, created_at=created_at,
-                                   expected_version=history.current_version, transit=transit)
+                                   expected_version=history.current_version, transit=transit, lost_keys=lost_keys)
         crash_point("vault-write")
         return written
 

@@ -19,6 +19,9 @@ from servicekey_operator.keys import KeySpecError, effective_key_size
 from servicekey_operator.vault.ownership import ADOPT_NAMESPACE_UID_ANNOTATION
 
 ROTATE_ANNOTATION = "servicekey.io/rotate"
+# Any new value asks for a pass now, as a resync would (``servicekey-operator recheck``): after Vault was restored,
+# every key is checked against it at once instead of within the resync period.
+RECHECK_ANNOTATION = "servicekey.io/recheck"
 # The operator's finalizer, on the keys whose deletion does work (``deletion_does_work``).
 FINALIZER = "servicekey.io/finalizer"
 # A key rotated more often than verifiers refresh what they hold (a mounted ConfigMap: about a minute; a

@@ -6,9 +6,10 @@ import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from servicekey_operator import publish
 from servicekey_operator.publish import Refusal
 from servicekey_operator.spec import DesiredKey, rotate_request_digest
-from servicekey_operator.vault.records import KeyHistory
+from servicekey_operator.vault.records import KeyHistory, LostKey
 from servicekey_operator.vault.transit import transit_key_name
 
 
@@ -48,15 +49,23 @@ def ready_status(desired: DesiredKey, history: KeyHistory, next_rotation: dateti
     """The full status of a ServiceKey whose key is in Vault and published.
 
     While a key is published ahead of use the key still works, so Ready stays True with reason
-    ``Rotating`` and ``pendingKeyId`` names the next key. ``observedRotateRequest`` and
+    ``Rotating`` and ``pendingKeyId`` names the next key; while keys whose private halves a Vault rollback lost are
+    published, the reason is ``VaultRolledBack`` (``rollback``). ``publishedKeyIds`` are the kids the JWKS lists
+    (aliases aside): what a later pass may take back from the ConfigMap after a rollback. ``observedRotateRequest`` and
     ``configMapResourceVersion`` are what a restarted operator compares to skip the key's first pass
     (see ``resume``).
     """
     current, pending = history.current, history.pending
     assert current is not None
+    published = publish.published_keys(history, desired.rotation.retain_previous)
+    lost = [key.kid for key in published if isinstance(key, LostKey)]
     if pending is not None:
         reason, message = "Rotating", (f"key {current.kid} signs; {pending.kid} is published and signs from "
                                        f"{rfc3339(pending.activate_at or now)}")
+    elif lost:
+        reason, message = "VaultRolledBack", (f"key {current.kid} signs; Vault was rolled back to an older state and "
+                                              f"lost the private keys of {', '.join(lost)}, which stay published "
+                                              "until retainPrevious drops them")
     else:
         reason, message = "KeyReady", f"key {current.kid} is in Vault and published"
     return {
@@ -71,6 +80,7 @@ def ready_status(desired: DesiredKey, history: KeyHistory, next_rotation: dateti
         "observedRotateRequest": rotate_request_digest(current.rotate_annotation),
         "vaultPath": vault_location(desired),
         "pendingKeyId": pending.kid if pending else None,
+        "publishedKeyIds": [key.kid for key in published],
         "publishedNamespaces": list(published_namespaces) or None,
         "refusedNamespaces": [{"namespace": r.namespace, "reason": r.reason, **({"message": r.message}
                                                                               if r.message else {})}

@@ -142,6 +142,24 @@ def test_a_scheduled_pass_waits_for_the_finalizer_a_changed_spec_now_needs():
     assert asyncio.run(started([handlers.FINALIZER])) is True
 
 
+def test_a_new_recheck_value_runs_a_pass_at_once_and_the_same_value_again_does_not():
+    async def scheduled(annotations: list[dict[str, str]]) -> int:
+        state = state_with(RecordingReconciler())
+        state.start_scheduler = lambda: None  # type: ignore[method-assign]
+        passes: list[Any] = []
+        state.scheduler.schedule = lambda key, at: passes.append(key)  # type: ignore[method-assign]
+        memo = type("Memo", (), {"state": state})()
+        for event_type, values in zip(["ADDED", *["MODIFIED"] * (len(annotations) - 1)], annotations, strict=True):
+            body = servicekey("u1") | {"metadata": {**servicekey("u1")["metadata"], "annotations": values}}
+            await handlers.servicekey_changed(event={"type": event_type}, body=kopf.Body(body), memo=memo,
+                                              logger=LOGGER)
+        return len(passes)
+
+    recheck = "servicekey.io/recheck"
+    assert asyncio.run(scheduled([{}, {recheck: "1"}, {recheck: "1"}, {recheck: "2"}])) == 3
+    assert asyncio.run(scheduled([{}, {"unrelated": "x"}])) == 1, "other annotations run nothing"
+
+
 def test_a_pass_waiting_for_rsa_lends_its_slot_and_takes_it_back():
     async def scenario() -> list[str]:
         seen: list[str] = []

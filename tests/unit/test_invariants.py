@@ -515,3 +515,33 @@ def test_an_imported_keys_legacy_kid_follows_it_in_the_jwks_and_leaves_with_it()
     jwks["keys"][2] = {**jwks["keys"][0], "kid": "svc-0001"}  # the legacy kid on another key's parameters
     found = invariants.configmap_violations("ns/cm", {**data, "jwks.json": json.dumps(jwks)}, record, 1)
     assert _checks(found) == [(3, invariants.JWKS_MISMATCH)] and "thumbprint" in found[0].detail
+
+
+def _lost_entry(key: VaultKey) -> tuple[str, str, str, tuple[str, ...]]:
+    return key.kid, key.algorithm, key.public_pem, key.legacy_kids
+
+
+def test_keys_lost_in_a_vault_rollback_are_expected_in_the_jwks_until_their_rank_ages_out():
+    lost = _key(7, index=70)  # published, then lost when Vault was restored to version 1
+    forward = dataclasses.replace(V2, rotation_reason="VaultRolledBack", lost=(_lost_entry(lost),))
+    record = _record(V1, forward)
+    jwks = keys.jwk_set([(key.public_pem, key.algorithm) for key in (forward, lost, V1)])
+    data = {"public.pem": forward.public_pem, "jwks.json": json.dumps(jwks), "kid": forward.kid}
+
+    assert invariants.expected_jwks_kids(record, 1) == [forward.kid, lost.kid, V1.kid]
+    assert invariants.configmap_violations("ns/cm", data, record, 1) == []
+    assert invariants.expected_jwks_kids(_record(V1, forward, V3), 1) \
+        == [V3.kid, forward.kid], "one more rotation: the lost key leaves with the key Vault was rolled back to"
+    found = invariants.rollback_violations(OWNER, {"keyId": forward.kid}, record, record.location, 1)
+    assert [(v.check, v.informational) for v in found] == [("VaultRolledBack", True)] and lost.kid in found[0].detail
+
+
+def test_a_status_that_publishes_a_key_vault_no_longer_holds_is_reported_as_a_rollback():
+    published = _key(7, index=70)
+
+    behind = invariants.rollback_violations(OWNER, {"keyId": published.kid}, _record(V1), "secret/x", 1)
+    gone = invariants.rollback_violations(OWNER, {"keyId": published.kid}, None, "secret/x", 1)
+
+    assert [(v.invariant, v.check, v.informational) for v in behind + gone] == [(9, "VaultRolledBack", False)] * 2
+    assert V1.kid in behind[0].detail and "no secret" in gone[0].detail
+    assert invariants.rollback_violations(OWNER, {"keyId": V1.kid}, _record(V1, V2), "secret/x", 1) == []

@@ -28,13 +28,17 @@ from servicekey_operator.vault.connection import VaultConnection, vault_call
 from servicekey_operator.vault.ownership import Owner, RecordedOwner, verify_owner
 from servicekey_operator.vault.records import (
     ADOPTED_NAMESPACE_UID_METADATA_KEY,
+    LOST_KEYS_FIELD,
     TRANSIT_KEYS_METADATA_KEY,
     KeyHistory,
+    LostKey,
     StoredKey,
     TransitClaim,
     TransitRef,
+    format_lost_keys,
     live_versions,
     metadata_owner,
+    parse_lost_keys,
     parse_time,
     parse_transit_claims,
 )
@@ -81,6 +85,7 @@ def _stored_key(version: int, data: dict[str, str]) -> StoredKey:
         activate_at=parse_time(activate_at) if activate_at else None, transit=transit,
         owner=_recorded_owner(data), private_pem=data.get("private_key", ""),
         legacy_kids=tuple(kid for kid in data.get("legacy_kids", "").split(",") if kid),
+        lost_keys=parse_lost_keys(data.get(LOST_KEYS_FIELD)),
     )
 
 
@@ -283,18 +288,21 @@ class KvKeyStore:
     def write(self, mount: str, path: str, keypair: KeyPair, *, owner: Owner, service_name: str,
               rotate_annotation: str | None, rotation_reason: str, created_at: datetime.datetime,
               expected_version: int, transit: TransitRef | None = None,
-              legacy_kids: tuple[str, ...] = ()) -> StoredKey:
+              legacy_kids: tuple[str, ...] = (), lost_keys: tuple[LostKey, ...] = ()) -> StoredKey:
         """Write a new key version, naming ``owner``, if the current version is still ``expected_version``
         (check-and-set).
 
         ``transit`` records a Transit key instead of the private key itself; ``legacy_kids`` (an imported key's
-        kids of before, no commas) are published as aliases of it. Raises VaultWriteConflict when another writer
+        kids of before, no commas) are published as aliases of it; ``lost_keys`` (after a rollback, see
+        ``rollback``) stay published as the keys this version replaced. Raises VaultWriteConflict when another writer
         got there first.
         """
         self.check_mount(mount, path, trusted_for=WRITE_MOUNT_CHECK_SECONDS)
         data = _secret_data(keypair, owner, service_name, rotate_annotation, rotation_reason, created_at, transit)
         if legacy_kids:
             data["legacy_kids"] = ",".join(legacy_kids)
+        if lost_keys:
+            data[LOST_KEYS_FIELD] = format_lost_keys(lost_keys)
         with vault_call("write_version", f"writing {mount}/{path}"):
             reply = self._kv.create_or_update_secret(path=path, secret=data, cas=expected_version,
                                                      mount_point=mount)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -65,6 +66,19 @@ class TransitRef:
 
 
 @dataclass(frozen=True)
+class LostKey:
+    """A public key that was published, and may have signed, but whose private half Vault no longer holds: Vault
+    was restored to a state older than the key (``rollback``). The key version that replaced it carries it, so the
+    JWKS keeps listing it for as long as ``retainPrevious`` keeps that version's predecessor; ``legacy_kids`` are
+    the other kids it was published under (an imported key's)."""
+
+    kid: str
+    algorithm: str
+    public_pem: str
+    legacy_kids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class StoredKey:
     """One key version as Vault holds it; ``private_pem`` never appears in a repr."""
 
@@ -86,6 +100,8 @@ class StoredKey:
     # Kids the key had before it was imported (``servicekey-operator import``): the JWKS lists it under those too,
     # for as long as it lists the key.
     legacy_kids: tuple[str, ...] = ()
+    # Written when Vault was found rolled back: the published keys it had lost, which this version replaced.
+    lost_keys: tuple[LostKey, ...] = ()
 
     @property
     def engine(self) -> str:
@@ -136,6 +152,33 @@ class KeyHistory:
 def newest_version_of(key_name: str, versions: Iterable[tuple[str | None, int | None]]) -> int:
     """The newest version of the Transit key ``key_name`` among (key name, version) pairs (0: none)."""
     return max((version or 0 for name, version in versions if name == key_name), default=0)
+
+
+LOST_KEYS_FIELD = "lost_public_keys"
+"""The KV data field of a version written after a rollback: a JSON array of ``{"kid", "alg", "public_key",
+"legacy_kids"}`` (public halves only, SPKI PEM), newest first."""
+
+
+def format_lost_keys(lost: Iterable[LostKey]) -> str:
+    """The ``LOST_KEYS_FIELD`` value for ``lost`` (compact JSON)."""
+    return json.dumps([{"kid": key.kid, "alg": key.algorithm, "public_key": key.public_pem,
+                        "legacy_kids": list(key.legacy_kids)} for key in lost], separators=(",", ":"))
+
+
+def parse_lost_keys(text: str | None) -> tuple[LostKey, ...]:
+    """``format_lost_keys`` read back; an entry that is not such an object is skipped (the record is Vault's,
+    an administrator may have edited it), and the PEM is not parsed here."""
+    try:
+        entries = json.loads(text or "[]")
+    except ValueError:
+        return ()
+    lost = []
+    for entry in entries if isinstance(entries, list) else ():
+        if isinstance(entry, dict) and all(isinstance(entry.get(name), str) for name in ("kid", "alg", "public_key")):
+            aliases = entry.get("legacy_kids")
+            lost.append(LostKey(entry["kid"], entry["alg"], entry["public_key"],
+                                tuple(str(kid) for kid in aliases) if isinstance(aliases, list) else ()))
+    return tuple(lost)
 
 
 def parse_transit_claims(text: str | None) -> frozenset[TransitClaim]:
