@@ -58,6 +58,7 @@ from servicekey_operator import keys, publish
 from servicekey_operator.config import OperatorConfig, VaultSettings
 from servicekey_operator.errors import InvalidSpec
 from servicekey_operator.spec import DesiredKey, desired_key
+from servicekey_operator.status import vault_location
 from servicekey_operator.vault.kv import PENDING_SUFFIX
 from servicekey_operator.vault.records import (
     ADOPTED_NAMESPACE_UID_METADATA_KEY,
@@ -120,7 +121,7 @@ FOREIGN_TRANSIT_VERSION = "ForeignTransitVersion"
 MISSING_STATUS = "MissingStatus"
 ROLLED_BACK = "VaultRolledBack"
 # Reasons a version may be written for without a new request or spec: time, and states made outside the operator.
-_UNREQUESTED_REASONS = frozenset({"Scheduled", "TransitRotated", "CurrentKeyDeleted"})
+_UNREQUESTED_REASONS = frozenset({"Scheduled", "TransitRotated", "CurrentKeyDeleted", "VaultRolledBack"})
 # How long a new ServiceKey may go without a Ready condition before that is reported (a pass takes well under a
 # second; an RSA-4096 flood queues keys for seconds).
 STATUS_GRACE_SECONDS = 120.0
@@ -210,15 +211,19 @@ class VaultKey:
 
 
 def _lost(text: Any) -> tuple[tuple[str, str, str, tuple[str, ...]], ...]:
-    """A version's ``lost_public_keys`` (a JSON array of {kid, alg, public_key, legacy_kids}); raise ValueError when
-    it is there but not that."""
-    if not text:
+    """A version's ``lost_public_keys`` (a JSON array of {kid, alg, public_key, legacy_kids}); what is not such an
+    entry is skipped, as the operator skips it (the JWKS lists what the operator reads)."""
+    try:
+        entries = json.loads(str(text or "[]"))
+    except ValueError:
         return ()
-    entries = json.loads(str(text))
-    if not isinstance(entries, list):
-        raise ValueError("lost_public_keys is not a JSON array")
-    return tuple((str(entry["kid"]), str(entry["alg"]), str(entry["public_key"]),
-                  tuple(str(kid) for kid in entry.get("legacy_kids") or ())) for entry in entries)
+    lost = []
+    for entry in entries if isinstance(entries, list) else ():
+        if isinstance(entry, dict) and all(isinstance(entry.get(name), str) for name in ("kid", "alg", "public_key")):
+            aliases = entry.get("legacy_kids")
+            lost.append((entry["kid"], entry["alg"], entry["public_key"],
+                         tuple(str(kid) for kid in aliases) if isinstance(aliases, list) else ()))
+    return tuple(lost)
 
 
 @dataclass(frozen=True)
@@ -257,15 +262,21 @@ def expected_jwks_kids(record: KeyRecord, retain_previous: int) -> list[str]:
     if current is None:
         return []
     chain = record.versions[:retain_previous + 1]
-    listed: list[tuple[str, tuple[str, ...]]] = [(key.kid, key.legacy_kids)
-                                                 for key in (current, *([record.pending] if record.pending else []))]
+    # (kid, its legacy kids, a key Vault holds?) in the order the JWKS lists them; each kid once, where it first
+    # comes, and a lost key that a version holds again is that version's key.
+    listed: list[tuple[str, tuple[str, ...], bool]] = [
+        (key.kid, key.legacy_kids, True) for key in (current, *([record.pending] if record.pending else []))]
     for rank in range(1, retain_previous + 1):
         if rank - 1 < len(chain):
-            listed += [(kid, aliases) for kid, _alg, _pem, aliases in chain[rank - 1].lost]
+            listed += [(kid, aliases, False) for kid, _alg, _pem, aliases in chain[rank - 1].lost]
         if rank < len(chain):
-            listed.append((chain[rank].kid, chain[rank].legacy_kids))
+            listed.append((chain[rank].kid, chain[rank].legacy_kids, True))
+    chosen: dict[str, tuple[tuple[str, ...], bool]] = {}
+    for kid, aliases, held in listed:
+        if kid not in chosen or (held and not chosen[kid][1]):
+            chosen[kid] = (aliases, held)
     kids: list[str] = []
-    for kid, aliases in listed:
+    for kid, (aliases, _held) in chosen.items():
         for name in (kid, *aliases):
             if name not in kids:
                 kids.append(name)
@@ -275,7 +286,7 @@ def expected_jwks_kids(record: KeyRecord, retain_previous: int) -> list[str]:
 def lost_keys_published(record: KeyRecord, retain_previous: int) -> dict[str, VaultKey]:
     """The lost keys (``VaultKey.lost``) the JWKS must still list, by kid, as keys of version 0 with no private
     half."""
-    expected = set(expected_jwks_kids(record, retain_previous))
+    expected = set(expected_jwks_kids(record, retain_previous)) - {key.kid for key in record.versions}
     return {kid: VaultKey(version=0, kid=kid, algorithm=alg, public_pem=pem, legacy_kids=aliases)
             for key in record.versions for kid, alg, pem, aliases in key.lost if kid in expected}
 
@@ -378,8 +389,11 @@ def rollback_violations(owner: str, status: Mapping[str, Any], record: KeyRecord
     """Invariant 9 after a restore of Vault: the status publishes a key that Vault's record (at ``location``) no
     longer holds, as a version, the pending key or a lost key (``rollback``): until the operator's next pass
     rotates forward, signers sign with the restored, older key. Once it has, the lost keys still published are
-    reported for information."""
+    reported for information. The caller passes only statuses that name the key's location as its spec does (a new
+    Transit key or mount is a new key); a deleted latest version is ``record_violations``'."""
     published = status.get("keyId")
+    if record is not None and record.current is None and record.current_version:
+        return []
     if record is None:
         if not published:
             return []
@@ -1189,6 +1203,8 @@ def _servicekey_violations(servicekey: Mapping[str, Any], kube: _Kubernetes, vau
     retain = desired.rotation.retain_previous if desired else int(
         ((servicekey.get("spec") or {}).get("rotation") or {}).get("retainPrevious", 1))
     status = servicekey.get("status") or {}
+    if desired is None or status.get("vaultPath") != vault_location(desired):
+        status = {}  # published elsewhere (a new Transit key, another mount): not this record's history
     if record is None and status.get("keyId"):
         return rollback_violations(owner, status, None, f"{location[0]}/{location[1]}", retain), None
     if record is None or record.owner != owner:

@@ -32,6 +32,7 @@ __all__ = [
     "KeySpecError",
     "PrivateKey",
     "PublicKey",
+    "canonical_public_pem",
     "check_matches_algorithm",
     "effective_key_size",
     "generate_keypair",
@@ -204,6 +205,20 @@ def load_public_key(public_pem: str) -> PublicKey:
     except (ValueError, UnicodeEncodeError) as exc:
         raise ValueError("not a SubjectPublicKeyInfo PEM public key") from exc
     return _supported(public_key)
+
+
+def canonical_public_pem(public_pem: str, algorithm: str) -> str:
+    """``public_pem`` parsed and written again as exactly one SubjectPublicKeyInfo PEM block, if it is a key that
+    ``algorithm`` signs with (any of the supported RSA sizes): nothing around or after the block survives.
+
+    Raises:
+        ValueError: ``public_pem`` is not a PEM public key.
+        KeySpecError: the key does not fit ``algorithm``.
+    """
+    public_key = load_public_key(public_pem)
+    size = public_key.key_size if isinstance(public_key, rsa.RSAPublicKey) else None
+    check_matches_algorithm(public_pem, algorithm, size)
+    return _public_pem(public_key)
 
 
 def _supported(key: object) -> PublicKey:

@@ -42,7 +42,9 @@ def published_keys(history: KeyHistory, retain_previous: int) -> list[StoredKey 
             listed.append(chain[rank])
     unique: dict[str, StoredKey | LostKey] = {}
     for key in listed:
-        unique.setdefault(key.kid, key)  # a lost key that Vault's history holds again is listed once
+        # Each kid once, where it first comes; a lost key that Vault's history holds again is Vault's key.
+        if key.kid not in unique or (isinstance(unique[key.kid], LostKey) and isinstance(key, StoredKey)):
+            unique[key.kid] = key
     return list(unique.values())
 
 

@@ -254,7 +254,7 @@ class Reconciler:
             raise ConfigMapConflict(f"ConfigMap {desired.namespace}/{desired.configmap_name} exists and is "
                                     "not managed by this ServiceKey; it is left untouched",
                                     publish.copy_source(existing))
-        outcome = await self._ensure_key(desired, owner, now, published, existing)
+        outcome = await self._ensure_key(desired, owner, now, published, existing, previous_configmap)
         outcome.configmap_written, outcome.configmap_version = await asyncio.to_thread(
             self._publish, desired, outcome.history, existing)
         if outcome.configmap_written and outcome.decision.reason != "Created":  # "Generated" says it already
@@ -335,7 +335,8 @@ class Reconciler:
                                                metadata["resourceVersion"])
 
     async def _ensure_key(self, desired: DesiredKey, owner: Owner, now: datetime.datetime,
-                          published: rollback.Published | None, configmap: Mapping[str, Any] | None) -> Outcome:
+                          published: rollback.Published | None, configmap: Mapping[str, Any] | None,
+                          previous_configmap: str | None) -> Outcome:
         for _attempt in range(_CAS_ATTEMPTS):
             history = await asyncio.to_thread(self.store.read, desired.record_mount, desired.vault_path, owner,
                                               desired.rotation.retain_previous,
@@ -347,7 +348,11 @@ class Reconciler:
                 history = dataclasses.replace(history, transit_latest=await asyncio.to_thread(
                     self.transit.latest_version, current.transit.mount or desired.vault_mount,
                     current.transit.key_name))
-            rolled_back = rollback.detect(history, published, vault_location(desired), configmap)
+            rolled_back = None
+            if published is not None and rollback.suspect(history, published, vault_location(desired)):
+                found = await asyncio.to_thread(self._published_version, desired, published)
+                rolled_back = rollback.detect(history, published, found, await asyncio.to_thread(
+                    self._published_configmap, desired, configmap, previous_configmap))
             decision = decide_key(desired, history, published_kids(configmap), now, rolled_back=bool(rolled_back))
             try:
                 outcome = await self._carry_out(desired, owner, history, decision, now,
@@ -364,11 +369,29 @@ class Reconciler:
             reread = history.owner is None and desired.engine == "transit"
             await asyncio.to_thread(self._mirror_metadata, desired, owner, outcome.history, reread)
             if rolled_back:
-                description = rolled_back.describe(f"{desired.record_mount}/{desired.vault_path}", outcome.current)
+                description = rolled_back.describe(f"{desired.record_mount}/{desired.vault_path}", outcome.current,
+                                                   desired.rotation.retain_previous)
                 self.logger.warning(description)
                 outcome.events = [Event("Warning", rollback.REASON, description)]
             return outcome
         raise VaultWriteConflict(f"{desired.vault_path}: check-and-set kept failing; will retry")
+
+    def _published_version(self, desired: DesiredKey, published: rollback.Published) -> tuple[bool, str | None]:
+        """What the store that numbers the published key holds under its version (``rollback.detect``): the Transit
+        key's versions for a Transit key, the secret's KV versions otherwise."""
+        if desired.engine == "transit":
+            return self.transit.version_kid(desired.vault_mount, transit_key_name(
+                desired.vault_path, desired.algorithm, desired.key_size), published.version)
+        return self.store.version_kid(desired.record_mount, desired.vault_path, published.version)
+
+    def _published_configmap(self, desired: DesiredKey, configmap: Mapping[str, Any] | None,
+                             previous_configmap: str | None) -> Mapping[str, Any] | None:
+        """The source ConfigMap the status last published under: a renamed one (``publicKey.configMapName``
+        changed) is read where it was, if it is still this ServiceKey's."""
+        if not previous_configmap or previous_configmap == desired.configmap_name:
+            return configmap
+        former = self.kube.read_configmap(desired.namespace, previous_configmap)
+        return former if former is not None and publish.is_ours(former, desired) else None
 
     def _mirror_metadata(self, desired: DesiredKey, owner: Owner, history: KeyHistory, reread: bool) -> None:
         """Write the secret's custom_metadata if it does not say what the record proves (a new key, a

@@ -31,9 +31,11 @@ def is_settled(desired: DesiredKey, status: Mapping[str, Any], generation: int |
     ready = ready_condition(status)
     return (generation is not None
             and status.get("observedGeneration") == generation == ready.get("observedGeneration")
-            and ready.get("status") == "True" and ready.get("reason") == "KeyReady"
+            # VaultRolledBack: a rollback dealt with, which lasts until its lost keys age out.
+            and ready.get("status") == "True" and ready.get("reason") in ("KeyReady", "VaultRolledBack")
             and bool(status.get("keyId"))
             and (desired.rotate_request is None or desired.rotate_request == status.get("observedRotateRequest"))
+            and desired.recheck_request == status.get("observedRecheckRequest")
             and status.get("configMapName") == desired.configmap_name
             and status.get("vaultPath") == vault_location(desired)  # the operator's mount or prefix may have moved
             and configmap_version is not None and status.get("configMapResourceVersion") == configmap_version

@@ -12,16 +12,19 @@ it was compromised). So a pass that finds Vault behind what it published:
   without ``publishAhead``, like an emergency rotation, since signers already sign with the restored key;
 - says what was lost: a Warning Event, and ``Ready`` reason ``VaultRolledBack`` while lost keys are published.
 
-"Behind" is decided from what the status recorded (``Published``) against what Vault holds now: the published
-current key is nowhere in the record's history, and either no record exists at all or its current key's version
-(the KV version, or the Transit key version: what ``status.keyVersion`` counts) is not above the published one.
-Versions, not creation times: a status time has whole seconds, and a rotation within the second of the key before
-it is common. Anything else (another replica rotated further, a spec change, an administrator deleting the latest
-version) is normal history and handled as such.
+"Behind" is decided from what the status recorded (``Published``) against what Vault holds now. A pass suspects a
+rollback when the published current key is nowhere in the record it read (not a version read, not the staged key,
+not a lost key carried earlier) and the latest version was not merely deleted (``CurrentKeyDeleted``). It then
+looks the published key up by its version (``status.keyVersion``: the KV version, or the Transit key version) in
+the store that numbers it: Vault still holding it there means history just moved on (another replica rotated
+further); no such version, or another key under that number (a different history: a restore into an empty Vault,
+then of the real snapshot) means Vault went back; a version that exists but can no longer be read (deleted,
+destroyed, trimmed) proves nothing, and is handled as before.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 from collections.abc import Iterable, Mapping
@@ -39,14 +42,15 @@ class Published:
     """What a ServiceKey's status says the operator last published: the current key's ``kid``, its ``version``
     (``keyVersion``), its creation (``lastRotationTime``, seconds precision), where it lives (``vaultPath``), and
     every kid the operator
-    published (``publishedKeyIds``, with ``keyId`` and ``pendingKeyId``): only those are taken back from the
-    ConfigMap, which its namespace's tenant can write to."""
+    published (``publishedKeyIds``, aliases included, with ``keyId`` and ``pendingKeyId``), and the published key's
+    ``algorithm``: only those are taken back from the ConfigMap, which its namespace's tenant can write to."""
 
     kid: str
     version: int
     created_at: datetime.datetime
     location: str
     kids: frozenset[str]
+    algorithm: str = ""
 
 
 def last_published(status: Mapping[str, Any]) -> Published | None:
@@ -65,7 +69,9 @@ def last_published(status: Mapping[str, Any]) -> Published | None:
     kids = {kid, *(str(k) for k in listed if k)} if isinstance(listed, list) else {kid}
     if status.get("pendingKeyId"):
         kids.add(str(status["pendingKeyId"]))
-    return Published(kid, version, created_at, location, frozenset(kids))
+    algorithm = status.get("algorithm")
+    return Published(kid, version, created_at, location, frozenset(kids),
+                     algorithm if isinstance(algorithm, str) else "")
 
 
 @dataclass(frozen=True)
@@ -77,17 +83,19 @@ class Rollback:
     restored: StoredKey | None
     lost: tuple[LostKey, ...]
 
-    def describe(self, location: str, written: StoredKey) -> str:
+    def describe(self, location: str, written: StoredKey, retain_previous: int) -> str:
         """The Event's text: what Vault lost, what stays published, what signs now (kids only, no key)."""
         if self.restored is None:
-            found = f"Vault has no record at {location}"
+            found = f"Vault has no record at {location} (or the secret was deleted)"
         else:
             found = (f"Vault's current key at {location} is {self.restored.kid} (version {self.restored.version}, "
                      f"created {_format(self.restored.created_at)})")
         lost = ", ".join(key.kid for key in self.lost) or "none that the ConfigMap still listed"
+        kept = ("their public keys stay in the JWKS until retainPrevious drops them" if retain_previous else
+                "retainPrevious is 0, so their public keys are no longer published")
         return (f"Vault was rolled back (restored from an older snapshot?): {found}, but {self.published.kid} "
-                f"(created {_format(self.published.created_at)}) was published. Private keys lost: {lost}; their "
-                f"public keys stay in the JWKS until retainPrevious drops them. Rotated forward to {written.kid} "
+                f"(created {_format(self.published.created_at)}) was published. Private keys lost: {lost}; {kept}. "
+                f"Rotated forward to {written.kid} "
                 f"(version {written.key_version}), which signs from now on"
                 + (f"; {self.restored.kid} signs no more" if self.restored else ""))
 
@@ -96,56 +104,76 @@ def _format(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def _held_kids(history: KeyHistory) -> set[str]:
-    held = {key.kid for key in (history.current, history.pending, *history.previous) if key is not None}
-    return held | {lost.kid for key in (history.current, *history.previous) if key for lost in key.lost_keys}
+def _held_kids(history: KeyHistory, *, pending: bool = True) -> set[str]:
+    """The kids Vault's record holds: its versions read, the lost keys they carry, and (``pending``) the staged key."""
+    keys = (history.current, *history.previous)
+    held = {key.kid for key in keys if key is not None} | {lost.kid for key in keys if key for lost in key.lost_keys}
+    if pending and history.pending is not None:
+        held.add(history.pending.kid)
+    return held
 
 
-def detect(history: KeyHistory, published: Published | None, location: str,
-           configmap: Mapping[str, Any] | None) -> Rollback | None:
-    """A ``Rollback`` when Vault's ``history`` (read at ``location``, as ``status.vaultPath`` shows it) is behind
-    what the status says was ``published``; ``configmap`` (the source ConfigMap as read) supplies the lost public
-    keys. None for normal history, and for a key whose status names another location (a moved path is a new
-    key, not a rollback)."""
+def suspect(history: KeyHistory, published: Published | None, location: str) -> bool:
+    """Whether the record read (at ``location``, as ``status.vaultPath`` shows it) may be behind what the status says
+    was ``published``, so that the published key must be looked up by its version (``detect``). Not for a key whose
+    status names another location (a new Transit key or mount is a new key, not a rollback), nor when the latest
+    version was deleted or destroyed (``CurrentKeyDeleted``)."""
     if published is None or published.location != location or published.kid in _held_kids(history):
+        return False
+    return history.current is not None or not history.current_version
+
+
+def detect(history: KeyHistory, published: Published, found: tuple[bool, str | None],
+           configmap: Mapping[str, Any] | None) -> Rollback | None:
+    """A ``Rollback`` for a ``suspect`` record, given what the store holds under the published key's version:
+    ``found`` is (whether its history has that version at all, the kid there if it can still be read). None when it
+    holds the published key (history moved on) or the version cannot be read (that proves nothing). ``configmap``
+    (the source ConfigMap as read) supplies the lost public keys."""
+    exists, kid = found
+    if kid == published.kid or (exists and kid is None):
         return None
-    current = history.current
-    if current is not None:
-        if current.key_version > published.version:
-            return None  # further on than what was published: a later rotation by another replica
-    elif history.current_version:
-        return None  # the latest version was deleted or destroyed: CurrentKeyDeleted, not a rollback
-    return Rollback(published, current, tuple(lost_keys(configmap, published.kids, _held_kids(history))))
+    lost = lost_keys(configmap, published, _held_kids(history, pending=False))
+    return Rollback(published, history.current, tuple(lost))
 
 
-def lost_keys(configmap: Mapping[str, Any] | None, attested: frozenset[str],
-              held: Iterable[str]) -> list[LostKey]:
+def lost_keys(configmap: Mapping[str, Any] | None, published: Published, held: Iterable[str]) -> list[LostKey]:
     """The keys a published ConfigMap lists (``jwks.json`` order; public key from ``<kid>.pem``) that Vault no
-    longer ``held``, taking only kids the status ``attested`` and whose PEM has that kid (RFC 7638 thumbprint);
-    a JWK under another kid with the same thumbprint is an alias of it (an imported key's legacy kid)."""
+    longer ``held``; a staged key counts as lost too (it may have signed since), as the rollback's write replaces it.
+
+    The ConfigMap is its namespace's to edit, so only what the status attests is taken, and nothing as written: a
+    kid in ``published.kids`` whose PEM has that kid (RFC 7638 thumbprint), re-encoded as one SPKI block, under the
+    ``alg`` the status names for the published key, else the JWK's if that key signs with it; an attested kid of a
+    JWK with a lost key's thumbprint is that key's alias (an imported key's legacy kid).
+    """
     data = (configmap or {}).get("data") or {}
     try:
-        entries = json.loads(data.get("jwks.json") or "{}").get("keys") or []
+        entries = [entry for entry in json.loads(data.get("jwks.json") or "{}").get("keys") or []
+                   if isinstance(entry, dict)]
     except (ValueError, AttributeError):
         return []
     held = set(held)
     found: dict[str, LostKey] = {}
     for jwk in entries:
-        kid, algorithm, pem = jwk.get("kid"), jwk.get("alg"), data.get(f"{jwk.get('kid')}.pem")
-        if kid in held or kid not in attested or algorithm not in keys.ALGORITHMS or not isinstance(pem, str):
+        kid = jwk.get("kid")
+        algorithm = published.algorithm if kid == published.kid and published.algorithm else jwk.get("alg")
+        pem = data.get(f"{kid}.pem")
+        if kid in held or kid in found or kid not in published.kids or not isinstance(pem, str) \
+                or not isinstance(algorithm, str):
             continue
         try:
-            if keys.kid_for(pem) == kid:
-                found[kid] = LostKey(kid, algorithm, pem)
+            canonical = keys.canonical_public_pem(pem, algorithm)
+            if keys.kid_for(canonical) == kid:
+                found[kid] = LostKey(kid, algorithm, canonical)
         except (ValueError, keys.KeySpecError):
             continue
     for jwk in entries:
+        alias = jwk.get("kid")
+        if alias in held or alias in found or alias not in published.kids:
+            continue
         try:
-            thumbprint = keys.jwk_thumbprint({name: str(value) for name, value in jwk.items()})
+            target = found.get(keys.jwk_thumbprint({name: str(value) for name, value in jwk.items()}))
         except keys.KeySpecError:
             continue
-        target = found.get(thumbprint)
-        if target is not None and jwk.get("kid") != thumbprint:
-            found[thumbprint] = LostKey(target.kid, target.algorithm, target.public_pem,
-                                        (*target.legacy_kids, str(jwk.get("kid"))))
+        if target is not None and alias not in target.legacy_kids:
+            found[target.kid] = dataclasses.replace(target, legacy_kids=(*target.legacy_kids, alias))
     return list(found.values())

@@ -172,6 +172,8 @@ class DesiredKey:
     # spec.publicKey.http and .issuer: served by URL from the JWKS server, under this issuer (None: its default).
     serve_http: bool = False
     issuer: str | None = None
+    # The digest of the servicekey.io/recheck annotation: a new value asks for a pass now.
+    recheck_request: str | None = None
 
     @property
     def emergency(self) -> bool:
@@ -241,6 +243,7 @@ def desired_key(namespace: str, name: str, uid: str, spec: Mapping[str, Any],
         adopt_namespace_uid=annotations.get(ADOPT_NAMESPACE_UID_ANNOTATION) or None,
         serve_http=bool(public_key.get("http", False)),
         issuer=_issuer(public_key.get("issuer")),
+        recheck_request=rotate_request_digest(annotations.get(RECHECK_ANNOTATION) or None),
     )
 
 

@@ -51,9 +51,9 @@ def ready_status(desired: DesiredKey, history: KeyHistory, next_rotation: dateti
     While a key is published ahead of use the key still works, so Ready stays True with reason
     ``Rotating`` and ``pendingKeyId`` names the next key; while keys whose private halves a Vault rollback lost are
     published, the reason is ``VaultRolledBack`` (``rollback``). ``publishedKeyIds`` are the kids the JWKS lists
-    (aliases aside): what a later pass may take back from the ConfigMap after a rollback. ``observedRotateRequest`` and
-    ``configMapResourceVersion`` are what a restarted operator compares to skip the key's first pass
-    (see ``resume``).
+    (with an imported key's legacy kids): what a later pass may take back from the ConfigMap after a rollback.
+    ``observedRotateRequest``, ``observedRecheckRequest`` and ``configMapResourceVersion`` are what a restarted
+    operator compares to skip the key's first pass (see ``resume``).
     """
     current, pending = history.current, history.pending
     assert current is not None
@@ -78,9 +78,10 @@ def ready_status(desired: DesiredKey, history: KeyHistory, next_rotation: dateti
         "configMapName": desired.configmap_name,
         "configMapResourceVersion": configmap_version,
         "observedRotateRequest": rotate_request_digest(current.rotate_annotation),
+        "observedRecheckRequest": desired.recheck_request,
         "vaultPath": vault_location(desired),
         "pendingKeyId": pending.kid if pending else None,
-        "publishedKeyIds": [key.kid for key in published],
+        "publishedKeyIds": list(dict.fromkeys(kid for key in published for kid in (key.kid, *key.legacy_kids))),
         "publishedNamespaces": list(published_namespaces) or None,
         "refusedNamespaces": [{"namespace": r.namespace, "reason": r.reason, **({"message": r.message}
                                                                               if r.message else {})}

@@ -8,9 +8,11 @@ new key is written at once), ``Ready`` says ``VaultRolledBack`` and a Warning Ev
 
 from __future__ import annotations
 
+import datetime
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +23,12 @@ from devcluster.environment import DevEnvironment
 from devcluster.openbao_cluster import OpenBaoCluster
 from devcluster.operator_process import OperatorProcess
 from servicekey_operator import invariants
+from servicekey_operator.config import VaultSettings
+from servicekey_operator.keys import generate_keypair, kid_for
+from servicekey_operator.vault.connection import VaultConnection
+from servicekey_operator.vault.kv import KvKeyStore
+from servicekey_operator.vault.ownership import Owner
+from servicekey_operator.vault.transit import TransitKeys
 from tests.support import ServiceKeys, ready_condition, wait_for
 
 pytestmark = pytest.mark.integration
@@ -139,3 +147,31 @@ def test_a_restore_to_an_older_snapshot_keeps_every_published_key_and_rotates_fo
     wait_for(lambda: ready_condition(keys.get("rotated")).get("reason") == "KeyReady", 30, "KeyReady")
     assert keys.kids("rotated-public") == [newest, forward]
     assert "Traceback" not in operator.log_text() + restarted.log_text()
+
+
+def test_a_published_key_is_looked_up_by_its_version_where_that_version_is_numbered(vault_cluster: OpenBaoCluster):
+    """What tells a restore from history that moved on: the KV version (or Transit key version) the status names
+    holds the published key, holds another (another history), was never reached, or can no longer be read."""
+    connection = VaultConnection(VaultSettings(addr=vault_cluster.addr, token=vault_cluster.root_token,
+                                               ca_cert=vault_cluster.ca_cert_path))
+    store, transit, client = KvKeyStore(connection), TransitKeys(connection), vault_cluster.client()
+    path, name = f"servicekeys/lookup-{uuid.uuid4().hex[:8]}/k", f"lookup-{uuid.uuid4().hex[:8]}"
+    owner = Owner("lookup", "k", "namespace-uid", "uid")
+    first, second = (store.write("secret", path, generate_keypair("ES256"), owner=owner, service_name="k",
+                                 rotate_annotation=None, rotation_reason="Created",
+                                 created_at=datetime.datetime.now(datetime.UTC), expected_version=version)
+                     for version in (0, 1))
+    client.secrets.kv.v2.destroy_secret_versions(path=path, versions=[1], mount_point="secret")
+
+    assert store.version_kid("secret", path, 2) == (True, second.kid)
+    assert store.version_kid("secret", path, 1) == (True, None), "destroyed: proves nothing"
+    assert store.version_kid("secret", path, 3) == (False, None), "never reached"
+    assert store.version_kid("secret", f"{path}-none", 1) == (False, None), "no record"
+    assert first.kid != second.kid
+
+    client.secrets.transit.create_key(name=name, key_type="ecdsa-p256", mount_point="transit")
+    client.secrets.transit.rotate_key(name=name, mount_point="transit")
+    public = client.secrets.transit.read_key(name=name, mount_point="transit")["data"]["keys"]["2"]["public_key"]
+    assert transit.version_kid("transit", name, 2) == (True, kid_for(public))
+    assert transit.version_kid("transit", name, 3) == (False, None)
+    assert transit.version_kid("transit", f"{name}-none", 1) == (False, None)

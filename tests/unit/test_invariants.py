@@ -545,3 +545,26 @@ def test_a_status_that_publishes_a_key_vault_no_longer_holds_is_reported_as_a_ro
     assert [(v.invariant, v.check, v.informational) for v in behind + gone] == [(9, "VaultRolledBack", False)] * 2
     assert V1.kid in behind[0].detail and "no secret" in gone[0].detail
     assert invariants.rollback_violations(OWNER, {"keyId": V1.kid}, _record(V1, V2), "secret/x", 1) == []
+
+
+def test_the_rotate_forward_after_a_rollback_is_no_key_churn():
+    forward = dataclasses.replace(V2, rotation_reason="VaultRolledBack", rotate_annotation=V1.rotate_annotation)
+
+    assert invariants.churn_violations(_record(V1, forward)) == []
+
+
+def test_the_checker_expects_what_the_operator_publishes_when_a_lost_key_is_held_again_or_malformed():
+    held_again = _key(7, index=70)
+    forward = dataclasses.replace(V2, lost=(_lost_entry(held_again), _lost_entry(V1)))
+    record = _record(V1, forward, dataclasses.replace(held_again, version=3))
+
+    assert invariants.expected_jwks_kids(record, 2) == [held_again.kid, V2.kid, V1.kid]
+    assert invariants.lost_keys_published(record, 2) == {}, "keys a version holds are not lost"
+    assert invariants.VaultKey.from_data(2, {"kid": "k", "algorithm": "ES256", "public_key": "p",
+                                             "lost_public_keys": '[1, {"kid": "x"}]'}).lost == ()
+
+
+def test_a_deleted_latest_version_is_no_rollback():
+    deleted_latest = _record(V1, current_version=2)
+
+    assert invariants.rollback_violations(OWNER, {"keyId": V2.kid}, deleted_latest, "secret/x", 1) == []

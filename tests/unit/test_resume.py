@@ -87,7 +87,18 @@ PENDING = StoredKey(version=0, kid="kid-3", algorithm="ES256", key_size=None, pu
     ("a status from before these fields", _desired(ES256),
      {k: v for k, v in _status_after_pass(ES256).items() if k != "configMapResourceVersion"}, GENERATION, "rv-7"),
     ("no status", _desired(ES256), {}, GENERATION, "rv-7"),
+    ("a recheck asked for while it was stopped", _desired(ES256, {"servicekey.io/recheck": "after-restore"}),
+     _status_after_pass(ES256), GENERATION, "rv-7"),
 ])
 def test_a_key_whose_status_does_not_prove_it_settled_gets_its_pass_now(what, desired, status, generation,
                                                                         listed_version):
     assert first_pass_time(desired, status, generation, listed_version, T0, LATEST) is None, what
+
+
+def test_a_key_that_answered_its_recheck_or_dealt_with_a_rollback_may_wait():
+    rechecked = {"servicekey.io/recheck": "after-restore"}
+    status = _status_after_pass(ES256, rechecked)
+    rolled_back = {**status, "conditions": [{**status["conditions"][0], "reason": "VaultRolledBack"}]}
+
+    assert first_pass_time(_desired(ES256, rechecked), status, GENERATION, "rv-7", T0, LATEST) == LATEST
+    assert first_pass_time(_desired(ES256, rechecked), rolled_back, GENERATION, "rv-7", T0, LATEST) == LATEST

@@ -63,17 +63,29 @@ PUBLISHED = _configmap(NEWEST, NEWER)
 
 
 def test_the_status_names_what_was_published_and_a_status_without_a_key_names_nothing():
-    published = rollback.last_published({**_status(NEWEST, NEWER), "pendingKeyId": "staged"})
+    published = rollback.last_published({**_status(NEWEST, NEWER), "pendingKeyId": "staged", "algorithm": "ES256"})
 
     assert published == rollback.Published(NEWEST.kid, 4, T0 + 3 * HOUR, LOCATION,
-                                           frozenset({NEWEST.kid, NEWER.kid, "staged"}))
+                                           frozenset({NEWEST.kid, NEWER.kid, "staged"}), "ES256")
     assert rollback.last_published({}) is None
     assert rollback.last_published({"keyId": "k", "keyVersion": 1, "vaultPath": LOCATION,
                                     "lastRotationTime": "not a time"}) is None
 
 
-def test_a_vault_whose_current_key_is_older_than_the_published_one_was_rolled_back_and_lost_the_newer_keys():
-    found = rollback.detect(RESTORED, rollback.last_published(_status(NEWEST, NEWER)), LOCATION, PUBLISHED)
+# What the store holds under the published key's version (rollback.detect's ``found``).
+NO_SUCH_VERSION = (False, None)
+UNREADABLE = (True, None)
+
+
+def _detect(history: KeyHistory, status: dict, found: tuple[bool, str | None],
+            configmap: dict = PUBLISHED) -> rollback.Rollback | None:
+    published = rollback.last_published(status)
+    assert published is not None and rollback.suspect(history, published, LOCATION)
+    return rollback.detect(history, published, found, configmap)
+
+
+def test_a_vault_that_never_reached_the_published_version_was_rolled_back_and_lost_the_newer_keys():
+    found = _detect(RESTORED, _status(NEWEST, NEWER), NO_SUCH_VERSION)
 
     assert found is not None
     assert found.restored == OLD
@@ -81,44 +93,65 @@ def test_a_vault_whose_current_key_is_older_than_the_published_one_was_rolled_ba
     assert [key.public_pem for key in found.lost] == [NEWEST.public_pem, NEWER.public_pem]
 
 
-def test_a_rotation_within_the_second_of_the_restored_key_is_still_told_apart_by_version():
-    # Status times have whole seconds: the restored key was made in the same second as the published one.
-    restored = dataclasses.replace(OLD, created_at=NEWEST.created_at + datetime.timedelta(microseconds=600_000))
+def test_another_key_under_the_published_version_is_another_history_and_so_a_rollback():
+    # A restore into an empty Vault (the operator wrote version 1 there), then of the real snapshot, at version 5.
+    interim = _key(1, T0 + 4 * HOUR)
+    real = _key(5, T0)
 
-    found = rollback.detect(_history(restored, PREVIOUS), rollback.last_published(_status(NEWEST, NEWER)), LOCATION,
-                            PUBLISHED)
+    found = _detect(_history(real), _status(interim), (True, "another-kid"), _configmap(interim))
 
-    assert found is not None and [key.kid for key in found.lost] == [NEWEST.kid, NEWER.kid]
+    assert found is not None and [key.kid for key in found.lost] == [interim.kid]
 
 
 def test_a_vault_with_no_record_of_a_published_key_was_rolled_back_to_before_the_key():
-    found = rollback.detect(KeyHistory(None, 0, None), rollback.last_published(_status(NEWEST)), LOCATION,
-                            _configmap(NEWEST))
+    found = _detect(KeyHistory(None, 0, None), _status(NEWEST), NO_SUCH_VERSION, _configmap(NEWEST))
 
     assert found is not None and found.restored is None
     assert [key.kid for key in found.lost] == [NEWEST.kid]
 
 
+def test_vault_still_holding_the_published_key_under_its_version_is_history_moving_on():
+    far_ahead = _history(_key(9, T0 + 5 * HOUR))
+
+    assert _detect(far_ahead, _status(NEWEST), (True, NEWEST.kid)) is None, "another replica rotated further"
+    assert _detect(far_ahead, _status(NEWEST), UNREADABLE) is None, "a deleted or trimmed version proves nothing"
+
+
 @pytest.mark.parametrize(("history", "status"), [
     pytest.param(_history(NEWEST, NEWER), _status(NEWEST, NEWER), id="Vault holds what was published"),
     pytest.param(_history(NEWEST, NEWER), _status(NEWER), id="Vault is ahead: another replica rotated since"),
-    pytest.param(_history(_key(9, T0 + 5 * HOUR)), _status(NEWEST), id="Vault is far ahead: a newer key"),
     pytest.param(_history(None, OLD, current_version=5), _status(NEWEST), id="latest version deleted by an admin"),
     pytest.param(RESTORED, _status(NEWEST, location="transit/keys/sk.ecdsa-p256"), id="the key moved engines"),
     pytest.param(RESTORED, {}, id="never published"),
+    pytest.param(KeyHistory("ns/sk", 2, OLD, (PREVIOUS,), pending=NEWEST), _status(NEWEST),
+                 id="the published key is staged again: it is promoted again"),
 ])
-def test_normal_history_is_no_rollback(history, status):
-    assert rollback.detect(history, rollback.last_published(status), LOCATION, PUBLISHED) is None
+def test_normal_history_is_not_even_suspect(history, status):
+    assert not rollback.suspect(history, rollback.last_published(status), LOCATION)
 
 
 def test_a_key_rotated_forward_after_a_rollback_is_no_second_rollback():
     forward = _key(3, T0 + 4 * HOUR, lost=(_lost(NEWEST), _lost(NEWER)))
     after = _history(forward, OLD)
 
-    assert rollback.detect(after, rollback.last_published(_status(forward, NEWEST, NEWER, OLD)), LOCATION,
-                           _configmap(forward)) is None
+    assert not rollback.suspect(after, rollback.last_published(_status(forward, NEWEST, NEWER, OLD)), LOCATION)
     # A status written before the rotate-forward (a stale body) names a lost key, which the record still holds.
-    assert rollback.detect(after, rollback.last_published(_status(NEWEST, NEWER)), LOCATION, PUBLISHED) is None
+    assert not rollback.suspect(after, rollback.last_published(_status(NEWEST, NEWER)), LOCATION)
+
+
+def test_a_staged_key_that_signed_since_the_snapshot_is_carried_although_vault_holds_it_as_staged():
+    # P was staged at the snapshot, promoted, then NEWEST rotated in; the restore brings P back as staged, and the
+    # rollback's write replaces the staged key.
+    staged = dataclasses.replace(NEWER, version=0)
+    restored = KeyHistory("ns/sk", 2, OLD, (PREVIOUS,), pending=staged)
+
+    found = _detect(restored, _status(NEWEST, NEWER), NO_SUCH_VERSION)
+
+    assert found is not None and [key.kid for key in found.lost] == [NEWEST.kid, NEWER.kid]
+
+
+def _attested(*kids: str) -> rollback.Published:
+    return rollback.Published(NEWEST.kid, 4, T0, LOCATION, frozenset(kids), "ES256")
 
 
 def test_only_keys_the_status_attested_and_whose_pem_has_their_kid_are_taken_back_from_the_configmap():
@@ -128,16 +161,33 @@ def test_only_keys_the_status_attested_and_whose_pem_has_their_kid_are_taken_bac
     forged["data"][f"{injected.kid}.pem"] = injected.public_pem
     forged["data"][f"{NEWER.kid}.pem"] = injected.public_pem  # NEWER's PEM swapped for another key
 
-    lost = rollback.lost_keys(forged, frozenset({NEWEST.kid, NEWER.kid, "made-up"}), {OLD.kid})
+    lost = rollback.lost_keys(forged, _attested(NEWEST.kid, NEWER.kid, "made-up"), {OLD.kid})
 
     assert [key.kid for key in lost] == [NEWEST.kid]
 
 
-def test_a_lost_imported_key_keeps_its_legacy_kid():
+def test_nothing_of_the_configmap_is_taken_as_written_but_the_attested_key_itself():
+    configmap = _configmap(NEWEST, NEWER)
+    jwks = json.loads(configmap["data"]["jwks.json"])
+    jwks["keys"][0]["alg"] = "RS256"  # an EC key under an RSA algorithm
+    jwks["keys"].append({**jwks["keys"][1], "kid": OLD.kid})  # NEWER's parameters under the restored key's kid
+    configmap["data"]["jwks.json"] = json.dumps(jwks)
+    # Text around the block, and a second block after it.
+    configmap["data"][f"{NEWER.kid}.pem"] = "note\n" + NEWER.public_pem + generate_keypair("ES256").public_pem
+
+    lost = rollback.lost_keys(configmap, _attested(NEWEST.kid, NEWER.kid, OLD.kid), {OLD.kid})
+
+    assert lost == [LostKey(NEWEST.kid, "ES256", NEWEST.public_pem), LostKey(NEWER.kid, "ES256", NEWER.public_pem)]
+
+
+def test_a_lost_imported_key_keeps_its_attested_legacy_kid_and_no_other_alias():
     imported = dataclasses.replace(NEWEST, legacy_kids=("svc-0001",))
     configmap = {"data": publish.configmap_data(_history(imported), 0)}
+    jwks = json.loads(configmap["data"]["jwks.json"])
+    jwks["keys"].append({**jwks["keys"][0], "kid": "chosen-by-the-tenant"})
+    configmap["data"]["jwks.json"] = json.dumps(jwks)
 
-    lost = rollback.lost_keys(configmap, frozenset({NEWEST.kid}), set())
+    lost = rollback.lost_keys(configmap, _attested(NEWEST.kid, "svc-0001"), set())
 
     assert lost == [LostKey(NEWEST.kid, "ES256", NEWEST.public_pem, ("svc-0001",))]
 
@@ -194,12 +244,13 @@ def test_lost_keys_are_recorded_in_vault_as_public_keys_only_and_read_back():
 
 
 def test_the_event_names_what_was_lost_and_what_signs_now_and_no_key_material():
-    found = rollback.detect(RESTORED, rollback.last_published(_status(NEWEST, NEWER)), LOCATION, PUBLISHED)
+    found = _detect(RESTORED, _status(NEWEST, NEWER), NO_SUCH_VERSION)
     assert found is not None
     forward = _key(3, T0 + 4 * HOUR)
 
-    text = found.describe(LOCATION, forward)
+    text = found.describe(LOCATION, forward, 1)
 
     for kid in (OLD.kid, NEWEST.kid, NEWER.kid, forward.kid):
         assert kid in text
     assert "PRIVATE" not in text and "BEGIN" not in text
+    assert "stay in the JWKS" in text and "no longer published" in found.describe(LOCATION, forward, 0)

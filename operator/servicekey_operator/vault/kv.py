@@ -225,6 +225,16 @@ class KvKeyStore:
                           pending=pending, pending_revision=revision, metadata=custom,
                           max_versions=int(metadata.get("max_versions") or 0), transit_claims=frozenset(claims))
 
+    def version_kid(self, mount: str, path: str, version: int) -> tuple[bool, str | None]:
+        """(whether the secret's history has reached ``version``, the kid recorded there if it can still be read:
+        None when deleted, destroyed or trimmed by max_versions). Vault API: GET <mount>/metadata/<path>, then
+        GET <mount>/data/<path>?version=N."""
+        metadata = self._metadata(mount, path)
+        if metadata is None or version > int(metadata.get("current_version") or 0):
+            return False, None
+        data = self._version_data(mount, path, version) if str(version) in (metadata.get("versions") or {}) else None
+        return True, (str(data["kid"]) if data and data.get("kid") else None)
+
     def _pending(self, mount: str, path: str, owner: Owner, adopted: Collection[str | None],
                  wanted: bool) -> tuple[StoredKey | None, int]:
         return self.read_pending(mount, path, owner, adopted) if wanted else (None, 0)

@@ -91,6 +91,15 @@ class TransitKeys:
         key = self._read(mount, name)
         return int(key["latest_version"]) if key else 0
 
+    def version_kid(self, mount: str, name: str, version: int) -> tuple[bool, str | None]:
+        """(whether the key's history has reached ``version``, the kid of that version's public key if Vault still
+        has it: None when trimmed by min_available_version). Vault API: GET <mount>/keys/<name>."""
+        key = self._read(mount, name)
+        if key is None or version > int(key.get("latest_version") or 0):
+            return False, None
+        public = ((key.get("keys") or {}).get(str(version)) or {}).get("public_key")
+        return True, (kid_for(_spki_pem(public, key.get("type", ""))) if public else None)
+
     def new_version(self, mount: str, algorithm: str, key_size: int | None, path: str, known_version: int,
                     retain_previous: int, reusable_after: datetime.datetime | None) -> tuple[KeyPair, TransitRef]:
         """Make sure the key has a version that no record has named yet, and return its public half.
