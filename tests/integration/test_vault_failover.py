@@ -242,10 +242,13 @@ class Failover:
 
 @pytest.fixture
 def cluster_operator(start_operator: Callable[..., OperatorProcess], vault_cluster: OpenBaoCluster,
-                     namespace: str) -> Iterator[OperatorProcess]:
+                     namespace: str, kube_client: kubernetes.client.ApiClient) -> Iterator[OperatorProcess]:
     """An operator for the test's namespace, reaching Vault through the cluster's client address; the cluster is
-    whole again afterwards whatever happened."""
+    whole again afterwards whatever happened, and the 200 keys are gone: the namespace's deletion does not wait for
+    them, and the cluster-wide operators of later tests would otherwise work on them until it ends."""
     yield start_operator(**vault_cluster.operator_env(), SERVICEKEY_WATCH_NAMESPACES=namespace)
+    kubernetes.client.CustomObjectsApi(kube_client).delete_collection_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL)
     for node in vault_cluster.nodes:
         if not node.process.running():
             vault_cluster.restart(node)
