@@ -102,13 +102,14 @@ class NoDiffBase(kopf.DiffBaseStorage):
 
 def slim_body(body: Mapping[str, Any]) -> dict[str, Any]:
     """What a pass and its Events need of a ServiceKey, without managedFields and other annotations, and with
-    the rotate request as its digest (the annotation may hold 256 KiB, kept once per key otherwise)."""
+    the rotate and recheck requests as their digests (an annotation may hold 256 KiB, kept once per key otherwise)."""
     meta = body["metadata"]
     kept_meta = {name: meta[name] for name in ("name", "namespace", "uid", "generation", "deletionTimestamp",
                                                "finalizers") if name in meta}
     annotations = meta.get("annotations") or {}
     kept_meta["annotations"] = {name: value for name, value in (
         (ROTATE_ANNOTATION, rotate_request_digest(annotations.get(ROTATE_ANNOTATION))),
+        (RECHECK_ANNOTATION, rotate_request_digest(annotations.get(RECHECK_ANNOTATION))),
         (ADOPT_NAMESPACE_UID_ANNOTATION, annotations.get(ADOPT_NAMESPACE_UID_ANNOTATION))) if value is not None}
     return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": kept_meta,
             "spec": body.get("spec") or {}, "status": body.get("status") or {}}

@@ -113,6 +113,8 @@ def test_a_restore_to_an_older_snapshot_keeps_every_published_key_and_rotates_fo
     print(f"\n[vault restore] recheck to every rolled-back key rotated forward and published: "
           f"{time.monotonic() - asked:.2f} s (3 of 4 keys; the command itself included)")
     forward = rotated["keyId"]
+    assert (rotated.get("observedRecheckRequest") or "").startswith("sha256:"), \
+        "the status records the recheck it answered, so a restart does not ask again"
     assert forward not in (before["rotated"]["keyId"], first, second)
     record = keys.vault_secret("secret", f"servicekeys/{keys.namespace}/rotated")
     assert (record["kid"], record["rotation_reason"]) == (forward, "VaultRolledBack"), "signers get the new key"

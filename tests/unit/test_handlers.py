@@ -255,6 +255,7 @@ def test_the_slim_body_keeps_what_a_pass_needs_and_drops_the_rest():
                          "creationTimestamp": "2026-01-01T00:00:00Z",
                          "annotations": {"servicekey.io/rotate": "r" * 200_000,
                                          "servicekey.io/adopt-namespace-uid": "old-uid",
+                                         "servicekey.io/recheck": "after-restore",
                                          "kubectl.kubernetes.io/last-applied-configuration": "{...}"},
                          "managedFields": [{"manager": "kubectl"}], "finalizers": ["servicekey.io/finalizer"]},
             "spec": {"algorithm": "ES256"}, "status": {"keyId": "k1"}}
@@ -266,12 +267,15 @@ def test_the_slim_body_keeps_what_a_pass_needs_and_drops_the_rest():
                     "metadata": {"namespace": "team", "name": "signer", "uid": "u1", "generation": 3,
                                  "finalizers": ["servicekey.io/finalizer"],
                                  "annotations": {"servicekey.io/rotate": digest,
+                                                 "servicekey.io/recheck": rotate_request_digest("after-restore"),
                                                  "servicekey.io/adopt-namespace-uid": "old-uid"}},
                     "spec": {"algorithm": "ES256"}, "status": {"keyId": "k1"}}
     desired = handlers._desired(state_with(RecordingReconciler()), slim)
     full = handlers._desired(state_with(RecordingReconciler()), body)
     assert (desired.rotate_request, desired.algorithm, desired.uid, desired.adopt_namespace_uid) == \
         (digest, "ES256", "u1", "old-uid") == (full.rotate_request, full.algorithm, full.uid, full.adopt_namespace_uid)
+    # What the pass records in status.observedRecheckRequest, and what a restarted operator compares it with.
+    assert desired.recheck_request == full.recheck_request == rotate_request_digest("after-restore")
 
 
 @pytest.mark.parametrize(("spec", "status", "cleaned_up"), [
