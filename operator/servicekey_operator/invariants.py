@@ -63,9 +63,12 @@ from servicekey_operator.vault.kv import PENDING_SUFFIX
 from servicekey_operator.vault.records import (
     ADOPTED_NAMESPACE_UID_METADATA_KEY,
     DELETION_POLICY_METADATA_KEY,
+    LOST_KEYS_FIELD,
     OWNER_METADATA_KEY,
+    LostKey,
     live_versions,
     newest_version_of,
+    parse_lost_keys,
 )
 
 __all__ = [
@@ -184,9 +187,9 @@ class VaultKey:
     rotate_annotation: str = ""
     rotation_reason: str = ""
     legacy_kids: tuple[str, ...] = ()
-    # Keys published before Vault was rolled back, whose private halves it lost, that this version replaced:
-    # (kid, alg, public key PEM, legacy kids), from the record's ``lost_public_keys``.
-    lost: tuple[tuple[str, str, str, tuple[str, ...]], ...] = ()
+    # Keys published before Vault was rolled back, whose private halves it lost, that this version replaced, parsed
+    # as the operator parses them (the JWKS lists what the operator reads; a skipped entry must be skipped here too).
+    lost: tuple[LostKey, ...] = ()
 
     @classmethod
     def from_data(cls, version: int, data: Mapping[str, Any]) -> VaultKey:
@@ -201,29 +204,13 @@ class VaultKey:
                    key_size=str(data.get("key_size") or ""), rotate_annotation=str(data.get("rotate_annotation") or ""),
                    rotation_reason=str(data.get("rotation_reason") or ""),
                    legacy_kids=tuple(kid for kid in str(data.get("legacy_kids") or "").split(",") if kid),
-                   lost=_lost(data.get("lost_public_keys")))
+                   lost=parse_lost_keys(data.get(LOST_KEYS_FIELD)))
 
     @property
     def asked_for(self) -> tuple[str, str, bool, str]:
         """What a new version must differ in from the one before it, unless time or an outside state wrote it:
         algorithm, key size, engine, rotation request."""
         return self.algorithm, self.key_size, self.transit_key is not None, self.rotate_annotation
-
-
-def _lost(text: Any) -> tuple[tuple[str, str, str, tuple[str, ...]], ...]:
-    """A version's ``lost_public_keys`` (a JSON array of {kid, alg, public_key, legacy_kids}); what is not such an
-    entry is skipped, as the operator skips it (the JWKS lists what the operator reads)."""
-    try:
-        entries = json.loads(str(text or "[]"))
-    except ValueError:
-        return ()
-    lost = []
-    for entry in entries if isinstance(entries, list) else ():
-        if isinstance(entry, dict) and all(isinstance(entry.get(name), str) for name in ("kid", "alg", "public_key")):
-            aliases = entry.get("legacy_kids")
-            lost.append((entry["kid"], entry["alg"], entry["public_key"],
-                         tuple(str(kid) for kid in aliases) if isinstance(aliases, list) else ()))
-    return tuple(lost)
 
 
 @dataclass(frozen=True)
@@ -268,7 +255,7 @@ def expected_jwks_kids(record: KeyRecord, retain_previous: int) -> list[str]:
         (key.kid, key.legacy_kids, True) for key in (current, *([record.pending] if record.pending else []))]
     for rank in range(1, retain_previous + 1):
         if rank - 1 < len(chain):
-            listed += [(kid, aliases, False) for kid, _alg, _pem, aliases in chain[rank - 1].lost]
+            listed += [(lost.kid, lost.legacy_kids, False) for lost in chain[rank - 1].lost]
         if rank < len(chain):
             listed.append((chain[rank].kid, chain[rank].legacy_kids, True))
     chosen: dict[str, tuple[tuple[str, ...], bool]] = {}
@@ -287,15 +274,16 @@ def lost_keys_published(record: KeyRecord, retain_previous: int) -> dict[str, Va
     """The lost keys (``VaultKey.lost``) the JWKS must still list, by kid, as keys of version 0 with no private
     half."""
     expected = set(expected_jwks_kids(record, retain_previous)) - {key.kid for key in record.versions}
-    return {kid: VaultKey(version=0, kid=kid, algorithm=alg, public_pem=pem, legacy_kids=aliases)
-            for key in record.versions for kid, alg, pem, aliases in key.lost if kid in expected}
+    return {lost.kid: VaultKey(version=0, kid=lost.kid, algorithm=lost.algorithm, public_pem=lost.public_pem,
+                               legacy_kids=lost.legacy_kids)
+            for key in record.versions for lost in key.lost if lost.kid in expected}
 
 
 def legacy_aliases(record: KeyRecord) -> dict[str, str]:
     """Legacy kid -> the kid of the key it names, for every key of the record (lost keys too)."""
     keys = [*record.versions, *([record.pending] if record.pending else [])]
     aliases = {alias: key.kid for key in keys for alias in key.legacy_kids}
-    return aliases | {alias: kid for key in record.versions for kid, _alg, _pem, names in key.lost for alias in names}
+    return aliases | {alias: lost.kid for key in record.versions for lost in key.lost for alias in lost.legacy_kids}
 
 
 def _kid_of(public_pem: str) -> str | None:
@@ -324,10 +312,10 @@ def record_violations(record: KeyRecord, owner: str) -> list[Violation]:
     named = [*record.versions, *([record.pending] if record.pending else [])]
     found += churn_violations(record) + foreign_transit_violations(record)
     for key in record.versions:
-        for kid, _alg, pem, _aliases in key.lost:
-            if _kid_of(pem) != kid:
+        for lost in key.lost:
+            if _kid_of(lost.public_pem) != lost.kid:
                 found.append(Violation(2, CURRENT_KEY_MISMATCH, "VaultSecret", record.location,
-                                       f"version {key.version} carries lost key {kid}, whose public_key does not "
+                                       f"version {key.version} carries lost key {lost.kid}, whose public_key does not "
                                        "have that kid"))
     for key in named:
         which = f"version {key.version}" if key.version else "the pending key"
@@ -402,7 +390,7 @@ def rollback_violations(owner: str, status: Mapping[str, Any], record: KeyRecord
                           "state older than the key (or the secret was deleted); the operator's next pass writes a "
                           "new key and keeps the published public keys")]
     held = {key.kid for key in (*record.versions, *([record.pending] if record.pending else []))}
-    held |= {kid for key in record.versions for kid, *_ in key.lost}
+    held |= {lost.kid for key in record.versions for lost in key.lost}
     if published and published not in held:
         current = record.current
         now_current = f"{current.kid} (version {current.version})" if current else "none"

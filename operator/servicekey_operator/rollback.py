@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from servicekey_operator import keys
+from servicekey_operator.status import rfc3339
 from servicekey_operator.vault.records import KeyHistory, LostKey, StoredKey, parse_time
 
 REASON = "VaultRolledBack"
@@ -40,10 +41,10 @@ REASON = "VaultRolledBack"
 @dataclass(frozen=True)
 class Published:
     """What a ServiceKey's status says the operator last published: the current key's ``kid``, its ``version``
-    (``keyVersion``), its creation (``lastRotationTime``, seconds precision), where it lives (``vaultPath``), and
-    every kid the operator
-    published (``publishedKeyIds``, aliases included, with ``keyId`` and ``pendingKeyId``), and the published key's
-    ``algorithm``: only those are taken back from the ConfigMap, which its namespace's tenant can write to."""
+    (``keyVersion``), its creation (``lastRotationTime``, seconds precision), where it lives (``vaultPath``), every
+    kid the operator published (``publishedKeyIds``, aliases included, with ``keyId`` and ``pendingKeyId``), and the
+    published key's ``algorithm``: only those are taken back from the ConfigMap, which its namespace's tenant can
+    write to."""
 
     kid: str
     version: int
@@ -89,19 +90,15 @@ class Rollback:
             found = f"Vault has no record at {location} (or the secret was deleted)"
         else:
             found = (f"Vault's current key at {location} is {self.restored.kid} (version {self.restored.version}, "
-                     f"created {_format(self.restored.created_at)})")
+                     f"created {rfc3339(self.restored.created_at)})")
         lost = ", ".join(key.kid for key in self.lost) or "none that the ConfigMap still listed"
         kept = ("their public keys stay in the JWKS until retainPrevious drops them" if retain_previous else
                 "retainPrevious is 0, so their public keys are no longer published")
         return (f"Vault was rolled back (restored from an older snapshot?): {found}, but {self.published.kid} "
-                f"(created {_format(self.published.created_at)}) was published. Private keys lost: {lost}; {kept}. "
+                f"(created {rfc3339(self.published.created_at)}) was published. Private keys lost: {lost}; {kept}. "
                 f"Rotated forward to {written.kid} "
                 f"(version {written.key_version}), which signs from now on"
                 + (f"; {self.restored.kid} signs no more" if self.restored else ""))
-
-
-def _format(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _held_kids(history: KeyHistory, *, pending: bool = True) -> set[str]:

@@ -14,6 +14,7 @@ from jwcrypto import jwk as jwcrypto_jwk
 
 from servicekey_operator import invariants, keys, publish
 from servicekey_operator.invariants import KeyRecord, MaterialScanner, VaultKey, Violation
+from servicekey_operator.vault.records import LostKey
 
 ALGORITHMS_UNDER_TEST = ("RS256", "ES256", "ES512", "EdDSA")
 OWNER = "payments/signing"
@@ -517,8 +518,8 @@ def test_an_imported_keys_legacy_kid_follows_it_in_the_jwks_and_leaves_with_it()
     assert _checks(found) == [(3, invariants.JWKS_MISMATCH)] and "thumbprint" in found[0].detail
 
 
-def _lost_entry(key: VaultKey) -> tuple[str, str, str, tuple[str, ...]]:
-    return key.kid, key.algorithm, key.public_pem, key.legacy_kids
+def _lost_entry(key: VaultKey) -> LostKey:
+    return LostKey(key.kid, key.algorithm, key.public_pem, key.legacy_kids)
 
 
 def test_keys_lost_in_a_vault_rollback_are_expected_in_the_jwks_until_their_rank_ages_out():
