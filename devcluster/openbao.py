@@ -29,6 +29,21 @@ DEV_ROOT_TOKEN = "servicekey-dev-root"
 TOKEN_REVIEWER = ("kube-system", "openbao-token-reviewer")  # (namespace, ServiceAccount) Vault reviews tokens as
 
 
+def create_dev_root_token(generated_root: hvac.Client) -> None:
+    """Give a freshly initialised server (a client with its generated root token) the same well-known root token
+    as -dev mode, so callers need not care which kind of server they got."""
+    generated_root.auth.token.create(id=DEV_ROOT_TOKEN, policies=["root"], no_parent=True, period="768h")
+
+
+def mount_engines(client: hvac.Client) -> None:
+    """KV v2 at ``secret/`` and Transit at ``transit/``, where not mounted yet (what every test expects)."""
+    mounts = client.sys.list_mounted_secrets_engines()["data"]
+    if "secret/" not in mounts:
+        client.sys.enable_secrets_engine("kv", path="secret", options={"version": "2"})
+    if "transit/" not in mounts:
+        client.sys.enable_secrets_engine("transit", path="transit")
+
+
 class OpenBaoServer:
     """One OpenBao server with KV v2 at ``secret/`` and Transit at ``transit/``, root token known.
 
@@ -191,28 +206,14 @@ disable_mlock = true
             self.unseal()
             self.process.wait_ready(self._active, timeout_seconds=60)
             if generated_root:
-                self._set_root_token(generated_root)
+                create_dev_root_token(self.client(generated_root))
         self.process.wait_ready(self._unsealed, timeout_seconds=60)
-        self._mount_engines()
-
-    def _set_root_token(self, generated_root: str) -> None:
-        # Give the persistent server the same well-known root token as -dev mode, so callers need
-        # not care which mode they got.
-        self.client(generated_root).auth.token.create(id=DEV_ROOT_TOKEN, policies=["root"],
-                                                      no_parent=True, period="768h")
+        mount_engines(self.client())
 
     def unseal(self) -> None:
         """Unseal a persistent server with its single unseal key."""
         if self._unseal_key:
             self.client().sys.submit_unseal_key(self._unseal_key)
-
-    def _mount_engines(self) -> None:
-        client = self.client()
-        mounts = client.sys.list_mounted_secrets_engines()["data"]
-        if "secret/" not in mounts:
-            client.sys.enable_secrets_engine("kv", path="secret", options={"version": "2"})
-        if "transit/" not in mounts:
-            client.sys.enable_secrets_engine("transit", path="transit")
 
     def version(self) -> str:
         """The server's own version string."""

@@ -39,7 +39,7 @@ from typing import Self
 import hvac
 import hvac.exceptions
 
-from devcluster.openbao import DEV_ROOT_TOKEN
+from devcluster.openbao import DEV_ROOT_TOKEN, create_dev_root_token, mount_engines
 from devcluster.pki import DevCertificateAuthority, IssuedCert
 from devcluster.process import ManagedProcess, StartError, free_port
 
@@ -288,9 +288,7 @@ backend active_node
             self.unseal_keys = list(init["keys"])
             self._unseal(first)
             self._wait_node(first, (HEALTH_ACTIVE,), "active", 60)
-            # The same well-known root token as OpenBaoServer, so callers need not care which one they got.
-            self.node_client(first, init["root_token"]).auth.token.create(
-                id=DEV_ROOT_TOKEN, policies=["root"], no_parent=True, period="768h")
+            create_dev_root_token(self.node_client(first, init["root_token"]))
             # Autopilot promotes a joined node to voter once it has been healthy this long (default 10 s).
             self.node_client(first).adapter.post("/v1/sys/storage/raft/autopilot/configuration",
                                                  json={"server_stabilization_time": "1s"})
@@ -298,7 +296,7 @@ backend active_node
                 self._join(node)
             for node in self.nodes[1:]:
                 self._wait_standby(node)
-            self._mount_engines(self.node_client(first))
+            mount_engines(self.node_client(first))
             self.proxy.start()
             self.proxy.wait_ready(lambda: self.routed() == [first.name], timeout_seconds=30)
         except BaseException:
@@ -344,13 +342,6 @@ backend active_node
             node.process.wait_ready(healthy, timeout_seconds=timeout)
         except StartError as failed:
             raise ClusterError(f"{node.name} did not become a healthy raft follower: {failed}") from None
-
-    def _mount_engines(self, client: hvac.Client) -> None:
-        mounts = client.sys.list_mounted_secrets_engines()["data"]
-        if "secret/" not in mounts:
-            client.sys.enable_secrets_engine("kv", path="secret", options={"version": "2"})
-        if "transit/" not in mounts:
-            client.sys.enable_secrets_engine("transit", path="transit")
 
     def kill(self, node: OpenBaoNode) -> None:
         """SIGKILL the node: a crash, no step-down, no cleanup."""
